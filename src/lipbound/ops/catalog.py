@@ -1,0 +1,19 @@
+"""Import every op module so that its converters are registered in :data:`REGISTRY`."""
+
+from lipbound.ops import (  # noqa: F401  (imported for registration)
+    arith,
+    avgpool,
+    batchnorm,
+    conv,
+    identity,
+    leaky_relu,
+    linear,
+    relu,
+    shape,
+    sigmoid,
+    sorting,
+    tanh,
+)
+from lipbound.ops.registry import REGISTRY
+
+__all__ = ["REGISTRY"]
