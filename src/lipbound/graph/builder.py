@@ -45,9 +45,7 @@ class GraphBuilder:
             with torch.no_grad():
                 value = op.forward(*(self.values[id(i)] for i in inputs))
         except Exception as e:  # a shape error in the model itself
-            raise InvalidModelError(
-                f"{op.describe()} at {self.origin!r} failed on the example input: {e}"
-            ) from e
+            raise InvalidModelError(f"{op.describe()} at {self.origin!r} failed on the example input: {e}") from e
         return self._push(name or op.name, op, inputs, value, self.origin)
 
     def const(self, value: Tensor, name: str = "const") -> Node:

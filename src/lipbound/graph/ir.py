@@ -106,9 +106,7 @@ class Graph:
         mapping: dict[int, Node] = {}
         nodes = []
         for n in self.nodes:
-            m = Node(
-                n.name, n.op.to(dtype, device), tuple(mapping[id(i)] for i in n.inputs), n.shape, n.origin
-            )
+            m = Node(n.name, n.op.to(dtype, device), tuple(mapping[id(i)] for i in n.inputs), n.shape, n.origin)
             mapping[id(n)] = m
             nodes.append(m)
         return Graph(nodes, mapping[id(self.input)], mapping[id(self.output)], dict(self.meta))

@@ -51,9 +51,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True)
         from lipbound.graph.torchscript import graph_from_torchscript
 
         return graph_from_torchscript(model, input_shape)
-    training = [
-        n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    training = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if training:
         raise InvalidModelError(
             f"BatchNorm module {training[0]!r} is in training mode; call model.eval() before bounding"
@@ -98,9 +96,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True)
         elif n.op == "call_function":
             env[n] = _call(b, n.target, REGISTRY.functions.get(n.target), lookup(n.args), lookup(n.kwargs), n)
         elif n.op == "call_method":
-            env[n] = _call(
-                b, n.target, REGISTRY.methods.get(str(n.target)), lookup(n.args), lookup(n.kwargs), n
-            )
+            env[n] = _call(b, n.target, REGISTRY.methods.get(str(n.target)), lookup(n.args), lookup(n.kwargs), n)
         elif n.op == "output":
             out = lookup(n.args[0])
             if not isinstance(out, Node):

@@ -41,9 +41,7 @@ class GroupSort(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c, g = x.shape[1], self.group_size
         if c % g:
-            raise ShapeMismatchError(
-                f"{type(self).__name__}: {c} features are not divisible into groups of {g}"
-            )
+            raise ShapeMismatchError(f"{type(self).__name__}: {c} features are not divisible into groups of {g}")
         if self.grouping == "halves":
             a, b = x[:, : c // 2], x[:, c // 2 :]
             return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
@@ -57,9 +55,7 @@ class GroupSort(nn.Module):
         on ``c`` features (odd-even transposition sort within each group: ``g`` rounds)."""
         g = self.group_size
         if c % g:
-            raise ShapeMismatchError(
-                f"{type(self).__name__}: {c} features are not divisible into groups of {g}"
-            )
+            raise ShapeMismatchError(f"{type(self).__name__}: {c} features are not divisible into groups of {g}")
         if self.grouping == "halves":
             return [[(i, i + c // 2) for i in range(c // 2)]]
         if g == 1:

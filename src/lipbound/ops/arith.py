@@ -86,9 +86,7 @@ def _check_broadcast(c: Tensor, node: Node, where: str) -> Tensor:
         if c.dim() == len(shape) + 1 and c.shape[0] == 1:
             c = c[0]
         else:
-            raise ShapeMismatchError(
-                f"constant of shape {tuple(c.shape)} does not broadcast to {shape} at {where!r}"
-            )
+            raise ShapeMismatchError(f"constant of shape {tuple(c.shape)} does not broadcast to {shape} at {where!r}")
     try:
         if torch.broadcast_shapes(c.shape, shape) != torch.Size(shape):
             raise RuntimeError

@@ -143,9 +143,7 @@ class ElementwiseOp(Op):
     #: True if the lower relaxation has a free slope parameter alpha (optimised with ``optimize=True``)
     has_alpha: ClassVar[bool] = False
 
-    def relax(
-        self, l: Tensor, u: Tensor, alpha: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def relax(self, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Linear bounds ``lw*z + lb <= sigma(z) <= uw*z + ub`` valid for all ``z`` in ``[l, u]``.
 
         ``alpha`` (same shape as ``l``, values in [0, 1]) selects among valid lower relaxations.
@@ -174,7 +172,5 @@ def chord_relaxation(f_l: Tensor, f_u: Tensor, l: Tensor, u: Tensor) -> tuple[Te
     """Slope and intercept of the chord through ``(l, f_l)`` and ``(u, f_u)`` (degenerate intervals: slope 0)."""
     width = u - l
     safe = width > 0
-    slope = torch.where(
-        safe, (f_u - f_l) / torch.where(safe, width, torch.ones_like(width)), torch.zeros_like(l)
-    )
+    slope = torch.where(safe, (f_u - f_l) / torch.where(safe, width, torch.ones_like(width)), torch.zeros_like(l))
     return slope, f_l - slope * l

@@ -18,9 +18,7 @@ from lipbound.ops.registry import REGISTRY
 def batchnorm_node(builder, x, mean: Tensor, var: Tensor, weight, bias, eps: float):
     c = mean.shape[0]
     if not x.shape or x.shape[0] != c:
-        raise ShapeMismatchError(
-            f"batchnorm at {builder.origin!r} has {c} channels, input shape is {x.shape}"
-        )
+        raise ShapeMismatchError(f"batchnorm at {builder.origin!r} has {c} channels, input shape is {x.shape}")
     scale = (weight if weight is not None else torch.ones_like(mean)) / torch.sqrt(var + eps)
     shift = (bias if bias is not None else torch.zeros_like(mean)) - mean * scale
     view = (c,) + (1,) * (len(x.shape) - 1)

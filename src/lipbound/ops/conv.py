@@ -36,7 +36,7 @@ class Conv2dLayer(LinearOp):
         self.in_shape = tuple(in_shape)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.groups = int(groups)
-        c, h, w = self.in_shape
+        _c, h, w = self.in_shape
         kh, kw = self.weight.shape[-2:]
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
@@ -103,9 +103,7 @@ def make_conv(builder, x, weight, bias, stride=1, padding=0, dilation=1, groups=
         raise ShapeMismatchError(
             f"conv2d at {where!r} expects {weight.shape[1] * groups} input channels, got {x.shape[0]}"
         )
-    op = Conv2dLayer(
-        weight, bias, x.shape, stride, _padding(padding, weight, dilation, where), dilation, groups
-    )
+    op = Conv2dLayer(weight, bias, x.shape, stride, _padding(padding, weight, dilation, where), dilation, groups)
     return builder.add(op, [x])
 
 

@@ -12,9 +12,7 @@ from lipbound.errors import InvalidModelError
 from lipbound.ops.registry import REGISTRY
 
 
-@REGISTRY.module(
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, name="Identity / Dropout (eval)"
-)
+@REGISTRY.module(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, name="Identity / Dropout (eval)")
 def _from_module(builder, m, args, kwargs):
     if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
         raise InvalidModelError(f"Dropout at {builder.origin!r} is in training mode; call model.eval()")

@@ -50,7 +50,7 @@ def flatten_node(builder, x, start_dim: int = 1, end_dim: int = -1):
         raise UnsupportedOperatorError("flatten over the batch dimension", builder.origin)
     if e < s:
         return x
-    shape = full[1:s] + (math.prod(full[s : e + 1]),) + full[e + 1 :]
+    shape = (*full[1:s], math.prod(full[s : e + 1]), *full[e + 1 :])
     return reshape_node(builder, x, tuple(shape))
 
 
