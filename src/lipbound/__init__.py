@@ -1,3 +1,41 @@
-"""lipbound: certified Lipschitz bounds for PyTorch networks."""
+"""lipbound: certified Lipschitz bounds for PyTorch networks.
+
+Local bounds (certified upper, attained lower) by bound propagation through the Jacobian graph:
+:func:`local_lipschitz`, :func:`jacobian_bounds`. Global bounds: :func:`global_lipschitz`.
+"""
+
+from lipbound.errors import (
+    InvalidInputError,
+    InvalidModelError,
+    LipboundError,
+    ModelLoadError,
+    ShapeMismatchError,
+    UnsupportedOperatorError,
+)
+from lipbound.graph import Graph, trace
+from lipbound.local import LocalResult, jacobian_bounds, local_lipschitz
 
 __version__ = "0.1.0"
+
+
+def global_lipschitz(*args, **kwargs):
+    """Certified global Lipschitz upper bound; see :func:`lipbound.global_bounds.api.global_lipschitz`."""
+    from lipbound.global_bounds.api import global_lipschitz as _impl
+
+    return _impl(*args, **kwargs)
+
+
+__all__ = [
+    "Graph",
+    "InvalidInputError",
+    "InvalidModelError",
+    "LipboundError",
+    "LocalResult",
+    "ModelLoadError",
+    "ShapeMismatchError",
+    "UnsupportedOperatorError",
+    "global_lipschitz",
+    "jacobian_bounds",
+    "local_lipschitz",
+    "trace",
+]
