@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbound.engine.crown import backsubstitute
-from lipbound.engine.forward import bound_nodes, outward
+from lipbound.engine.forward import bound_nodes, optimized_backsubstitute, outward
 from lipbound.engine.jacobian import build_jacobian_graph
 from lipbound.errors import InvalidInputError, InvalidModelError, ShapeMismatchError
 from lipbound.graph.ir import Graph
@@ -160,8 +160,14 @@ def _directions(c, out_shape: tuple[int, ...], batch: int, dtype, device) -> tup
     return c.reshape(batch, c.shape[1], *out_shape), squeeze
 
 
-def _norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str) -> Tensor:
-    """Upper bound of ``||g_x||_q`` (q dual of ``norm``) for every row of the backward batch."""
+def _norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str, optimize: bool, steps: int) -> Tensor:
+    """Upper bound of ``||g_x||_q`` (q dual of ``norm``) for every row of the (B*K) batch.
+
+    Interval form: ``sum_j max(|l_j|, |u_j|)`` (q = 1), ``sqrt(sum_j max(l_j^2, u_j^2))`` (q = 2),
+    ``max_j max(|l_j|, |u_j|)`` (q = inf). With ``method="crown"`` the norm node is also relaxed linearly and
+    back-substituted: ``|g| <= chord on [l, u]`` (q = 1) or ``g^2 <= (l + u) g - l u`` (q = 2); the smaller
+    of the two (both sound) is returned.
+    """
     l, u = bounds[id(g_x)]
     flat_l, flat_u = l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1)
     mag = torch.maximum(flat_l.abs(), flat_u.abs())
@@ -170,7 +176,6 @@ def _norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str) -> Tensor
     interval_value = mag.sum(1) if norm == "inf" else mag.pow(2).sum(1).sqrt()
     if method == "interval":
         return interval_value
-    # CROWN on the norm node: |g| <= chord on [l, u]  (norm inf);  g^2 <= (l + u) g - l u  (norm 2)
     if norm == "inf":
         cross = (l < 0) & (u > 0)
         width = torch.where(cross, u - l, torch.ones_like(l))
@@ -178,25 +183,35 @@ def _norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str) -> Tensor
         icpt = torch.where(cross, -2 * u * l / width, torch.zeros_like(l))
     else:
         slope, icpt = l + u, -l * u
-    _, up = backsubstitute(back, g_x, slope.unsqueeze(1), bounds, box)
+    lam = slope.unsqueeze(1)
+    if optimize:
+        _, up = optimized_backsubstitute(back, g_x, lam, bounds, box, steps=steps)
+    else:
+        _, up = backsubstitute(back, g_x, lam, bounds, box)
     value = up[:, 0] + icpt.reshape(icpt.shape[0], -1).sum(1)
     if norm == "2":
         value = value.clamp(min=0).sqrt()
     return torch.minimum(value, interval_value)
 
 
-def _pipeline(graph, xl, xu, c, norm, method, optimize, steps, need_norm=True):
+@dataclass
+class _Bounds:
+    forward: dict  # forward pre-activation bounds, batch B
+    graph: Graph  # combined forward + backward graph, batch B*K
+    g_x: Any  # its output node: the input gradient
+    backward: dict  # bounds of the combined graph's relaxed inputs and of g_x, batch B*K
+    box: tuple[Tensor, Tensor]  # the input box repeated K times
+
+
+def _propagate(graph: Graph, xl: Tensor, xu: Tensor, c: Tensor, method: str, optimize: bool, steps: int) -> _Bounds:
+    """Forward bounds, then the Jacobian graph for the directions ``c`` (B, K, *out) and its bounds."""
     fwd = bound_nodes(graph, xl, xu, "crown", optimize=optimize, steps=steps)
-    k = c.shape[1]
-    back, g_x = build_jacobian_graph(graph, fwd, k, relaxation=method)
-    cf = c.reshape(c.shape[0] * k, *c.shape[2:])
-    box = (cf, cf)
-    bb = bound_nodes(back, cf, cf, "crown", extra=[g_x])
-    upper = None
-    if need_norm:
-        upper = _norm_upper(back, g_x, bb, box, norm, method)
-        _, upper = outward(upper, upper)
-    return fwd, back, g_x, bb, upper
+    b, k = c.shape[0], c.shape[1]
+    box = (xl.repeat_interleave(k, 0), xu.repeat_interleave(k, 0))
+    known = {key: (l.repeat_interleave(k, 0), u.repeat_interleave(k, 0)) for key, (l, u) in fwd.items()}
+    back, g_x = build_jacobian_graph(graph, c.reshape(b * k, *c.shape[2:]), relaxation=method, coupled=optimize)
+    bb = bound_nodes(back, *box, "crown", extra=[g_x], known=known, optimize=optimize, steps=steps)
+    return _Bounds(fwd, back, g_x, bb, box)
 
 
 def local_lipschitz(
@@ -246,8 +261,9 @@ def local_lipschitz(
     cc, squeeze = _directions(c, graph.output.shape, xl.shape[0], dt, dev)
     b, k = cc.shape[0], cc.shape[1]
     with torch.no_grad():
-        fwd, back, g_x, bb, upper = _pipeline(graph, xl, xu, cc, nrm, method, optimize, optimize_steps)
-    upper = upper.reshape(b, k)
+        pb = _propagate(graph, xl, xu, cc, method, optimize, optimize_steps)
+        upper = _norm_upper(pb.graph, pb.g_x, pb.backward, pb.box, nrm, method, optimize, optimize_steps)
+        upper = outward(upper, upper)[1].reshape(b, k)
     if lower:
         low, argmax = lower_bound(graph, xl, xu, cc, nrm, samples=lower_samples, steps=lower_steps, seed=seed)
     else:
@@ -259,7 +275,7 @@ def local_lipschitz(
             f"bound {upper.max().item():.6g}; please report this model"
         )
     seconds = time.perf_counter() - t0
-    unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in fwd.values())
+    unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in pb.forward.values())
     details = {"unstable_neurons": unstable, "directions": k, "dtype": str(dt).replace("torch.", "")}
     res = LocalResult(
         upper=upper[:, 0] if squeeze else upper,
@@ -302,6 +318,6 @@ def jacobian_bounds(
     cc, _ = _directions(c, graph.output.shape, xl.shape[0], dt, xl.device)
     b, k = cc.shape[0], cc.shape[1]
     with torch.no_grad():
-        _, _, g_x, bb, _ = _pipeline(graph, xl, xu, cc, "inf", method, optimize, 30, need_norm=False)
-    lo, hi = bb[id(g_x)]
+        pb = _propagate(graph, xl, xu, cc, method, optimize, 30)
+    lo, hi = pb.backward[id(pb.g_x)]
     return lo.reshape(b, k, *xl.shape[1:]), hi.reshape(b, k, *xl.shape[1:])

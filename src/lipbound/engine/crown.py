@@ -6,8 +6,10 @@ box ``[x_l, x_u]``. Two coefficient tensors travel backwards from ``t`` to the i
 bound) and ``Lambda^L`` (for the lower bound), with constant terms ``c^U``, ``c^L``:
 
 * linear node ``v = M(w_1..w_k) + b``: ``Lambda_{w_i} += M_i^T Lambda_v``; ``c += <Lambda_v, b>``;
-* elementwise node ``v = sigma(w)`` with ``lw w + lb <= sigma(w) <= uw w + ub`` on the bounds of ``w``:
-  ``Lambda^U_w = [Lambda^U]_+ uw + [Lambda^U]_- lw``, ``c^U += [Lambda^U]_+ ub + [Lambda^U]_- lb`` (mirror for L);
+* relaxed node ``v = sigma(w_1..w_k)`` with ``sum_i lw_i w_i + lb <= v <= sum_i uw_i w_i + ub`` on the bounds of
+  its inputs (elementwise activations have ``k = 1``; Jacobian gates ``v = sigma'(z) g`` have ``k = 2``):
+  ``Lambda^U_{w_i} += [Lambda^U]_+ uw_i + [Lambda^U]_- lw_i``, ``c^U += [Lambda^U]_+ ub + [Lambda^U]_- lb``
+  (mirror for L);
 * input leaf: ``max_{x in box} <Lambda, x> = <Lambda, x_c> + <|Lambda|, x_r>`` (centre/radius of the box).
 
 The same routine bounds forward pre-activations and the nodes of backward (Jacobian) graphs: it only uses the op
@@ -26,6 +28,8 @@ from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp
 
 #: alphas for one back-substitution: ``{id(node): alpha}`` for the upper-bound and lower-bound passes
 Alphas = dict[int, tuple[Tensor | None, Tensor | None]]
+#: per-input lower slopes, lower intercept, per-input upper slopes, upper intercept (None: no dependence)
+Relaxation = tuple[list[Tensor | None], Tensor, list[Tensor | None], Tensor]
 
 
 def _sum_trailing(t: Tensor, k: int) -> Tensor:
@@ -43,7 +47,7 @@ def backsubstitute(
     bounds: dict[int, Bounds],
     input_box: Bounds,
     alphas: Alphas | None = None,
-    relax_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
+    relax_cache: dict[int, Relaxation] | None = None,
     stop: Callable[[Node], bool] | None = None,
 ) -> Bounds:
     """Bounds ``(lo, up)`` of ``<lam_s, target>`` for every row ``s``; shapes ``(B, S)``.
@@ -79,38 +83,39 @@ def backsubstitute(
                 _acc(lam_u, id(inp), tu)
                 _acc(lam_l, id(inp), tl)
         elif isinstance(op, ElementwiseOp):
-            (inp,) = node.inputs
             alpha_u, alpha_l = (alphas or {}).get(key, (None, None))
-            ru = rl = _relaxation(op, inp, bounds, alpha_u, relax_cache)
+            ru = rl = _relaxation(node, bounds, alpha_u, relax_cache)
             if alpha_l is not alpha_u:
-                rl = _relaxation(op, inp, bounds, alpha_l, relax_cache)
-            lw_u, lb_u, uw_u, ub_u = ru
-            lw_l, lb_l, uw_l, ub_l = rl
+                rl = _relaxation(node, bounds, alpha_l, relax_cache)
+            lws_u, lb_u, uws_u, ub_u = ru
+            lws_l, lb_l, uws_l, ub_l = rl
             pos_u, neg_u = au.clamp(min=0), au.clamp(max=0)
             pos_l, neg_l = al.clamp(min=0), al.clamp(max=0)
             const_u = const_u + _sum_trailing(pos_u * ub_u + neg_u * lb_u, k)
             const_l = const_l + _sum_trailing(pos_l * lb_l + neg_l * ub_l, k)
-            _acc(lam_u, id(inp), pos_u * uw_u + neg_u * lw_u)
-            _acc(lam_l, id(inp), pos_l * lw_l + neg_l * uw_l)
+            for i, inp in enumerate(node.inputs):
+                if uws_u[i] is not None:
+                    _acc(lam_u, id(inp), pos_u * uws_u[i] + neg_u * lws_u[i])
+                if uws_l[i] is not None:
+                    _acc(lam_l, id(inp), pos_l * lws_l[i] + neg_l * uws_l[i])
         else:  # pragma: no cover - every op is one of the kinds above
             raise TypeError(f"no bound propagation rule for {op.describe()}")
     return const_l, const_u
 
 
 def _relaxation(
-    op: ElementwiseOp,
-    inp: Node,
+    node: Node,
     bounds: dict[int, Bounds],
     alpha: Tensor | None,
-    cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Relaxation of ``op`` on the bounds of ``inp``, with a spec dimension inserted at dim 1."""
-    if alpha is None and cache is not None and id(inp) in cache:
-        return cache[id(inp)]
-    l, u = bounds[id(inp)]
-    r = op.relax(l.unsqueeze(1), u.unsqueeze(1), alpha)
+    cache: dict[int, Relaxation] | None,
+) -> Relaxation:
+    """Relaxation of ``node``'s op on the bounds of its inputs, with a spec dimension inserted at dim 1."""
+    if alpha is None and cache is not None and id(node) in cache:
+        return cache[id(node)]
+    in_bounds = [(bounds[id(i)][0].unsqueeze(1), bounds[id(i)][1].unsqueeze(1)) for i in node.inputs]
+    r = node.op.relax_inputs(in_bounds, alpha)
     if alpha is None and cache is not None:
-        cache[id(inp)] = r
+        cache[id(node)] = r
     return r
 
 

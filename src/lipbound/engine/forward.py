@@ -1,15 +1,18 @@
 """Bounds on intermediate nodes over an input box: interval propagation (IBP) and CROWN back-substitution.
 
-``bound_nodes`` returns, for every node that feeds an elementwise op (plus any requested extra nodes), bounds
-``l <= v(x) <= u`` valid for all ``x`` in ``[x_l, x_u]``:
+:func:`bound_nodes` returns, for every node that feeds a relaxed op (activations, Jacobian gates) plus any
+requested extra nodes, bounds ``l <= v(x) <= u`` valid for all ``x`` in ``[x_l, x_u]``:
 
 * IBP: each op's :meth:`interval` rule applied in topological order (cheap, loose);
 * CROWN (default): for each such node ``v`` in topological order, back-substitute ``Lambda = I`` from ``v`` to the
   input using the relaxations built on the bounds already computed for earlier nodes; the result is intersected
-  with IBP. Neurons whose IBP bounds already fix the phase of a piecewise-linear activation are not re-bounded.
-* ``optimize=True`` (alpha-CROWN): every (target node, spec row, activation neuron) gets its own lower slope
-  ``alpha in [0, 1]``; all bounds are recomputed jointly and the alphas follow projected Adam steps that minimise
-  the total width of the unstable bounds. Every iterate is sound, so the elementwise best over iterations is kept.
+  with IBP. Only the elements whose bounds can still matter are back-substituted: a ReLU input already
+  phase-fixed by IBP, or the upstream gradient of a Jacobian gate whose derivative range is a single value,
+  keeps its IBP bounds (the relaxation there is exact whatever the bounds).
+* ``optimize=True`` (alpha-CROWN): every (target node, spec row, relaxed neuron) gets its own free parameter in
+  [0, 1] (ReLU lower slopes; z-coupling weights of Jacobian gates); all bounds are recomputed jointly and the
+  parameters follow projected Adam steps that minimise the total width of the bounds that cross zero. Every
+  iterate is sound, so the elementwise best over iterations is kept.
 
 Every bound is widened outward by a relative margin (see :func:`outward`) to absorb floating-point rounding.
 """
@@ -40,45 +43,59 @@ def outward(l: Tensor, u: Tensor) -> Bounds:
     return l - pad, u + pad
 
 
-def relaxed_inputs(graph: Graph) -> list[Node]:
-    """Nodes that feed an elementwise op (their bounds determine the relaxations)."""
-    seen: dict[int, Node] = {}
+def _consumers(graph: Graph) -> dict[int, list[tuple[Node, int]]]:
+    """For every node: the relaxed (elementwise-kind) nodes that read it, with the input position."""
+    out: dict[int, list[tuple[Node, int]]] = {}
     for n in graph.nodes:
         if isinstance(n.op, ElementwiseOp):
-            seen.setdefault(id(n.inputs[0]), n.inputs[0])
-    return [n for n in graph.nodes if id(n) in seen]
-
-
-def interval_bounds(graph: Graph, x_lower: Tensor, x_upper: Tensor) -> dict[int, Bounds]:
-    """IBP bounds of every node."""
-    out: dict[int, Bounds] = {}
-    for n in graph.nodes:
-        if isinstance(n.op, InputOp):
-            out[id(n)] = (x_lower, x_upper)
-        elif isinstance(n.op, ConstOp):
-            v = n.op.value
-            out[id(n)] = (v, v)
-        else:
-            l, u = n.op.interval(*(out[id(i)] for i in n.inputs))
-            out[id(n)] = outward(l, u) if not isinstance(n.op, ElementwiseOp) else (l, u)
+            for i, inp in enumerate(n.inputs):
+                out.setdefault(id(inp), []).append((n, i))
     return out
 
 
-def _elementwise_consumers(graph: Graph) -> dict[int, list[ElementwiseOp]]:
-    ops: dict[int, list[ElementwiseOp]] = {}
+def relaxed_inputs(graph: Graph) -> list[Node]:
+    """Nodes that feed a relaxed op (their bounds determine the relaxations), in topological order."""
+    cons = _consumers(graph)
+    return [n for n in graph.nodes if id(n) in cons]
+
+
+def interval_bounds(
+    graph: Graph, x_lower: Tensor, x_upper: Tensor, known: dict[int, Bounds] | None = None
+) -> dict[int, Bounds]:
+    """IBP bounds of every node (intersected with ``known`` bounds where given)."""
+    out: dict[int, Bounds] = {}
     for n in graph.nodes:
-        if isinstance(n.op, ElementwiseOp):
-            ops.setdefault(id(n.inputs[0]), []).append(n.op)
-    return ops
+        if isinstance(n.op, InputOp):
+            b = (x_lower, x_upper)
+        elif isinstance(n.op, ConstOp):
+            b = (n.op.value, n.op.value)
+        else:
+            l, u = n.op.interval(*(out[id(i)] for i in n.inputs))
+            b = outward(l, u)
+        if known is not None and id(n) in known:
+            kl, ku = known[id(n)]
+            b = (torch.maximum(b[0], kl), torch.minimum(b[1], ku))
+        out[id(n)] = b
+    return out
 
 
-def _needs_crown(node: Node, ibp: Bounds, consumers: dict[int, list[ElementwiseOp]]) -> Tensor:
-    """Mask of elements whose bounds matter: not yet phase-fixed for piecewise-linear consumers."""
-    l, u = ibp
-    ops = consumers.get(id(node), [])
-    if ops and all(isinstance(op, PIECEWISE_LINEAR) for op in ops):
-        return (l < 0) & (u > 0)
-    return torch.ones_like(l, dtype=torch.bool)
+def _needed(node: Node, current: Bounds, bounds: dict[int, Bounds], cons, extra_ids: set[int]) -> Tensor:
+    """Mask of elements of ``node`` whose bounds still matter to some relaxation (or that were requested)."""
+    l, u = current
+    if id(node) in extra_ids:
+        return torch.ones_like(l, dtype=torch.bool)
+    mask = torch.zeros_like(l, dtype=torch.bool)
+    for consumer, pos in cons.get(id(node), []):
+        op = consumer.op
+        if isinstance(op, PIECEWISE_LINEAR):
+            mask |= (l < 0) & (u > 0)
+        elif getattr(op, "act", None) is not None and pos == 1:  # gate: g matters where sigma'(z) is not fixed
+            zl, zu = bounds[id(consumer.inputs[0])]
+            dl, du = op.act.derivative_bounds(zl, zu)
+            mask |= (dl != du).expand_as(mask)
+        else:
+            return torch.ones_like(l, dtype=torch.bool)
+    return mask
 
 
 def bound_nodes(
@@ -90,126 +107,142 @@ def bound_nodes(
     optimize: bool = False,
     steps: int = 30,
     lr: float = 0.25,
+    known: dict[int, Bounds] | None = None,
 ) -> dict[int, Bounds]:
-    """Bounds of every node that feeds an elementwise op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
+    """Bounds of every node that feeds a relaxed op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
 
     ``method``: ``"ibp"`` or ``"crown"``. ``optimize`` enables alpha-CROWN (``steps`` projected Adam steps).
+    ``known``: bounds already computed for some nodes (kept, not recomputed).
     """
-    ibp = interval_bounds(graph, x_lower, x_upper)
-    targets = relaxed_inputs(graph)
-    for e in extra or []:
-        if all(e is not t for t in targets):
-            targets.append(e)
+    known = known or {}
+    ibp = interval_bounds(graph, x_lower, x_upper, known)
+    extra = extra or []
+    cand = relaxed_inputs(graph) + [e for e in extra if all(e is not t for t in relaxed_inputs(graph))]
     order = {id(n): i for i, n in enumerate(graph.nodes)}
-    targets.sort(key=lambda n: order[id(n)])
+    targets = sorted((t for t in cand if id(t) not in known), key=lambda n: order[id(n)])
+    fixed = {id(t): ibp[id(t)] for t in cand if id(t) in known}
     if method == "ibp":
-        return {id(t): ibp[id(t)] for t in targets}
+        return {**fixed, **{id(t): ibp[id(t)] for t in targets}}
     if method != "crown":
         raise ValueError(f"unknown bound method {method!r}")
+    ctx = _Context(graph, targets, ibp, (x_lower, x_upper), fixed, {id(e) for e in extra})
     if not optimize:
-        return _crown_pass(graph, targets, ibp, (x_lower, x_upper), None)[0]
-    return _optimized(graph, targets, ibp, (x_lower, x_upper), steps, lr)
+        return ctx.run(None)[0]
+    return _optimized(ctx, steps, lr)
 
 
-def _rows_to_bound(node: Node, current: Bounds, consumers: dict[int, list[ElementwiseOp]]) -> Tensor:
-    """Flat indices of the elements of ``node`` that some batch entry still needs bounded by CROWN."""
-    mask = _needs_crown(node, current, consumers)
-    return mask.reshape(mask.shape[0], -1).any(0).nonzero().flatten()
+class _Context:
+    """Everything one (sequential) CROWN pass over a graph needs."""
+
+    def __init__(self, graph, targets, ibp, box, fixed, extra_ids) -> None:
+        self.graph, self.targets, self.ibp, self.box = graph, targets, ibp, box
+        self.fixed, self.extra_ids = fixed, extra_ids
+        self.cons = _consumers(graph)
+        self.rows: dict[int, Tensor] | None = None
+
+    def rows_of(self, t: Node, current: Bounds, bounds: dict[int, Bounds]) -> Tensor:
+        mask = _needed(t, current, bounds, self.cons, self.extra_ids)
+        return mask.reshape(mask.shape[0], -1).any(0).nonzero().flatten()
+
+    def run(
+        self, alphas: dict[int, Alphas] | None, best: dict[int, Bounds] | None = None
+    ) -> tuple[dict[int, Bounds], dict[int, Bounds]]:
+        """One pass. Returns (bounds used downstream, raw CROWN bounds of the back-substituted rows)."""
+        bounds: dict[int, Bounds] = dict(self.fixed)
+        raw: dict[int, Bounds] = {}
+        cache: dict | None = {} if alphas is None else None
+        batch = self.box[0].shape[0]
+        for t in self.targets:
+            il, iu = self.ibp[id(t)]
+            idx = self.rows[id(t)] if self.rows is not None else self.rows_of(t, (il, iu), bounds)
+            if idx.numel() == 0:
+                bounds[id(t)] = (il, iu)
+                continue
+            lam = identity_spec(t, batch, il)[:, idx]
+            per = alphas.get(id(t)) if alphas else None
+            lo, up = backsubstitute(self.graph, t, lam, bounds, self.box, per, cache)
+            lo, up = outward(lo, up)
+            raw[id(t)] = (lo, up)
+            new_l, new_u = il.reshape(batch, -1).clone(), iu.reshape(batch, -1).clone()
+            new_l[:, idx] = torch.maximum(lo, new_l[:, idx])
+            new_u[:, idx] = torch.minimum(up, new_u[:, idx])
+            lo, up = new_l.reshape(il.shape), new_u.reshape(iu.shape)
+            if best is not None and id(t) in best:
+                bl, bu = best[id(t)]
+                lo, up = torch.maximum(lo, bl), torch.minimum(up, bu)
+            bounds[id(t)] = (lo, up)
+        return bounds, raw
 
 
-def _crown_pass(
-    graph: Graph,
-    targets: list[Node],
-    ibp: dict[int, Bounds],
-    box: Bounds,
-    alphas: dict[int, Alphas] | None,
-    best: dict[int, Bounds] | None = None,
-    rows: dict[int, Tensor] | None = None,
-) -> tuple[dict[int, Bounds], dict[int, Bounds]]:
-    """One sequential CROWN pass over ``targets``.
-
-    Only the rows (elements) in ``rows[id(t)]`` are back-substituted (default: those not phase-fixed by IBP);
-    the others keep their IBP bounds. Returns (bounds used downstream, raw CROWN bounds of the selected rows).
-    """
-    consumers = _elementwise_consumers(graph)
-    bounds: dict[int, Bounds] = {}
-    raw: dict[int, Bounds] = {}
-    cache: dict | None = {} if alphas is None else None
-    batch = box[0].shape[0]
-    for t in targets:
-        il, iu = ibp[id(t)]
-        idx = rows[id(t)] if rows is not None else _rows_to_bound(t, (il, iu), consumers)
-        if idx.numel() == 0:
-            bounds[id(t)] = (il, iu)
-            continue
-        lam = identity_spec(t, batch, il)[:, idx]
-        lo, up = backsubstitute(graph, t, lam, bounds, box, alphas.get(id(t)) if alphas else None, cache)
-        lo, up = outward(lo, up)
-        raw[id(t)] = (lo, up)
-        flat_l, flat_u = il.reshape(batch, -1), iu.reshape(batch, -1)
-        new_l = flat_l.clone()
-        new_u = flat_u.clone()
-        new_l[:, idx] = torch.maximum(lo, flat_l[:, idx])
-        new_u[:, idx] = torch.minimum(up, flat_u[:, idx])
-        lo, up = new_l.reshape(il.shape), new_u.reshape(iu.shape)
-        if best is not None and id(t) in best:
-            bl, bu = best[id(t)]
-            lo, up = torch.maximum(lo, bl), torch.minimum(up, bu)
-        bounds[id(t)] = (lo, up)
-    return bounds, raw
+def init_alphas(graph: Graph, target: Node, rows: int, bounds: dict[int, Bounds]) -> Alphas:
+    """Free parameters (upper pass, lower pass) of shape (B, rows, *shape) for every alpha-op upstream of target."""
+    per: Alphas = {}
+    for n in graph.ancestors(target):
+        if isinstance(n.op, ElementwiseOp) and n.op.has_alpha and n is not target:
+            l, u = bounds[id(n.inputs[0])]
+            a0 = n.op.default_alpha(l, u).unsqueeze(1).expand(l.shape[0], rows, *n.shape)
+            per[id(n)] = (a0.clone().requires_grad_(True), a0.clone().requires_grad_(True))
+    return per
 
 
-def _init_alphas(
-    graph: Graph, targets: list[Node], bounds: dict[int, Bounds], rows: dict[int, Tensor]
-) -> dict[int, Alphas]:
-    """One alpha tensor (B, S_t, *shape) per (target, alpha-activation upstream of target), for each pass."""
-    alphas: dict[int, Alphas] = {}
-    for t in targets:
-        per: Alphas = {}
-        s = int(rows[id(t)].numel())
-        if s == 0:
-            continue
-        for n in graph.ancestors(t):
-            if isinstance(n.op, ElementwiseOp) and n.op.has_alpha and n is not t:
-                l, u = bounds[id(n.inputs[0])]
-                a0 = n.op.default_alpha(l, u).unsqueeze(1).expand(l.shape[0], s, *n.shape)
-                per[id(n)] = (a0.clone().requires_grad_(True), a0.clone().requires_grad_(True))
-        alphas[id(t)] = per
-    return alphas
-
-
-def _optimized(
-    graph: Graph, targets: list[Node], ibp: dict[int, Bounds], box: Bounds, steps: int, lr: float
-) -> dict[int, Bounds]:
+def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
     with torch.no_grad():
-        best, _ = _crown_pass(graph, targets, ibp, box, None)
-    consumers = _elementwise_consumers(graph)
-    rows = {id(t): _rows_to_bound(t, best[id(t)], consumers) for t in targets}
-    alphas = _init_alphas(graph, targets, best, rows)
+        best, _ = ctx.run(None)
+    ctx.rows = {id(t): ctx.rows_of(t, best[id(t)], best) for t in ctx.targets}
+    alphas = {id(t): init_alphas(ctx.graph, t, int(ctx.rows[id(t)].numel()), best) for t in ctx.targets}
     params = [a for per in alphas.values() for pair in per.values() for a in pair]
     if not params:
         return best
     opt = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
-        _adam_loop(graph, targets, ibp, box, alphas, params, opt, best, rows, steps)
+        for _ in range(steps):
+            opt.zero_grad()
+            frozen = {k: (l.detach(), u.detach()) for k, (l, u) in best.items()}
+            bounds, raw = ctx.run(alphas, frozen)
+            with torch.no_grad():
+                for k, (l, u) in bounds.items():
+                    bl, bu = best[k]
+                    best[k] = (torch.maximum(bl, l.detach()), torch.minimum(bu, u.detach()))
+            loss = sum(((u - l) * ((l < 0) & (u > 0))).sum() for l, u in raw.values())
+            if not isinstance(loss, Tensor) or not loss.requires_grad:
+                break
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for a in params:
+                    a.clamp_(0.0, 1.0)
     return best
 
 
-def _adam_loop(graph, targets, ibp, box, alphas, params, opt, best, rows, steps) -> None:
-    """Projected Adam on the alphas; ``best`` (elementwise tightest bounds so far) is updated in place."""
-    for _ in range(steps):
-        opt.zero_grad()
-        frozen = {k: (l.detach(), u.detach()) for k, (l, u) in best.items()}
-        bounds, raw = _crown_pass(graph, targets, ibp, box, alphas, frozen, rows)
-        loss = sum(((u - l) * (l < 0) * (u > 0)).sum() for l, u in raw.values())
-        with torch.no_grad():
-            for k, (l, u) in bounds.items():
-                bl, bu = best[k]
-                best[k] = (torch.maximum(bl, l.detach()), torch.minimum(bu, u.detach()))
-        if not isinstance(loss, Tensor) or not loss.requires_grad:
-            break
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for a in params:
-                a.clamp_(0.0, 1.0)
+def optimized_backsubstitute(
+    graph: Graph,
+    target: Node,
+    lam: Tensor,
+    bounds: dict[int, Bounds],
+    box: Bounds,
+    steps: int = 30,
+    lr: float = 0.25,
+) -> Bounds:
+    """``backsubstitute`` with its free parameters optimised for the UPPER bound of ``<lam, target>``.
+
+    Returns the best (elementwise smallest) upper bound and largest lower bound seen over the iterations.
+    """
+    with torch.no_grad():
+        lo, up = backsubstitute(graph, target, lam, bounds, box)
+    per = init_alphas(graph, target, lam.shape[1], bounds)
+    params = [a for pair in per.values() for a in pair]
+    if not params:
+        return lo, up
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            l2, u2 = backsubstitute(graph, target, lam, bounds, box, per)
+            with torch.no_grad():
+                lo, up = torch.maximum(lo, l2), torch.minimum(up, u2)
+            (u2.sum() - l2.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for a in params:
+                    a.clamp_(0.0, 1.0)
+    return lo, up

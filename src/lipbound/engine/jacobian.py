@@ -9,9 +9,10 @@ reverse-mode rules taken from each op (:meth:`jacobian`):
   ``[l_z, u_z]`` -- for ReLU ``{1}`` (stable active), ``{0}`` (stable inactive) or ``[0, 1]`` (unstable);
 * a node with several consumers receives the sum of their contributions (:class:`~lipbound.ops.arith.WeightedSum`).
 
-Its input leaf is ``c`` itself (a degenerate box ``[c, c]``) and ``K`` is folded into the batch: backward tensors
-have batch ``B*K``. Bounding the backward graph with :func:`lipbound.engine.forward.bound_nodes` then gives
-elementwise Jacobian bounds; every relaxation lives in :class:`GatedProduct`:
+The backward nodes are appended to the forward graph (one combined graph with input ``x`` and constant ``c``;
+``K`` directions are folded into the batch, so the box is repeated ``K`` times). Bounding the combined graph with
+:func:`lipbound.engine.forward.bound_nodes` gives elementwise Jacobian bounds; every relaxation lives in
+:class:`GatedProduct`:
 
 * ``"crown"`` (Shi et al. 2022): with ``d`` free in ``[d_l, d_u]``, ``h = d g`` lies between
   ``min(d_l g, d_u g)`` (concave in ``g``) and ``max(d_l g, d_u g)`` (convex); on ``g in [l_g, u_g]`` the tightest
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from lipbound.graph.ir import Graph, Node
 from lipbound.ops.arith import WeightedSum
-from lipbound.ops.base import Bounds, ElementwiseOp, InputOp, LinearOp, Op, chord_relaxation
+from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, LinearOp, Op, chord_relaxation
 
 RELAXATIONS = ("crown", "interval")
 
@@ -55,126 +56,156 @@ class TransposedLinear(LinearOp):
 
 
 class GatedProduct(ElementwiseOp):
-    """``h = d * g`` with the gate ``d`` known only to lie in ``[d_l, d_u]`` (elementwise, batch ``B*K``)."""
+    """``h = sigma'(z) * g``: the Jacobian rule of an activation, with inputs ``(z, g)``.
+
+    ``z`` is the activation's forward pre-activation (bounds ``[l_z, u_z]`` from the forward pass), ``g`` the
+    upstream gradient. The gate ``d = sigma'(z)`` ranges over ``[d_l, d_u]`` = ``act.derivative_bounds(l_z, u_z)``.
+
+    z-free relaxation (``crown``): ``min(d_l g, d_u g) <= h <= max(d_l g, d_u g)`` relaxed by chords on
+    ``[l_g, u_g]`` (exact where the gate or the sign of ``g`` is fixed).
+
+    z-coupled planes (``coupled=True``, piecewise-linear gates; ReLU gate ``s``, unstable ``l_z < 0 < u_z``):
+    for ``P = s g``::
+
+        P <= g + l_g z / (-l_z)          if l_g >= 0,      P <= g - l_g + (l_g / u_z) z     otherwise,
+        P >= g - (u_g / l_z) z           if u_g <= 0,      P >= g - u_g + (u_g / u_z) z     otherwise,
+
+    (LeakyReLU: ``h = a g + (1 - a) P``). Each is valid on the whole box, and through ``z`` they let the backward
+    bound see the forward linear bounds in ``x``. The free parameter ``beta in [0, 1]`` (one per neuron and
+    specification row) mixes them with the z-free planes (``beta = 0``: z-free); it is optimised with
+    ``optimize=True``.
+    """
 
     name = "gated_product"
+    n_inputs = 2
 
-    def __init__(self, d_lower: Tensor, d_upper: Tensor, relaxation: str = "crown", source: str = "") -> None:
-        self.d_lower, self.d_upper = d_lower, d_upper
+    def __init__(self, act: ElementwiseOp, relaxation: str = "crown", coupled: bool = False) -> None:
+        self.act = act
         self.relaxation = relaxation
-        self.source = source
+        gate = _gate_slope(act)
+        self.gate_slope = gate  # a for piecewise-linear gates (ReLU: 0), None otherwise
+        self.coupled = bool(coupled) and gate is not None and relaxation == "crown"
+        self.has_alpha = self.coupled
 
-    def forward(self, g: Tensor) -> Tensor:
-        if not torch.equal(self.d_lower, self.d_upper):
-            raise ValueError("a gated product can only be evaluated when its gate is fixed (d_l == d_u)")
-        return self.d_lower * g
+    def forward(self, z: Tensor, g: Tensor) -> Tensor:
+        return self.act.derivative(z) * g
 
-    def _products(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dl, du = self._gates(l)
-        return dl * l, du * l, dl * u, du * u
-
-    def _gates(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        dl, du = self.d_lower, self.d_upper
-        if like.dim() == dl.dim() + 1:  # a specification dim was inserted at 1
-            dl, du = dl.unsqueeze(1), du.unsqueeze(1)
-        return dl, du
-
-    def interval(self, b: Bounds) -> Bounds:
-        p = torch.stack(self._products(*b))
+    def interval(self, zb: Bounds, gb: Bounds) -> Bounds:
+        dl, du = self.act.derivative_bounds(*zb)
+        l, u = gb
+        p = torch.stack((dl * l, du * l, dl * u, du * u))
         return p.min(0).values, p.max(0).values
 
-    def relax(self, l, u, alpha=None):
-        dl, du = self._gates(l)
+    def default_alpha(self, l: Tensor, u: Tensor) -> Tensor:
+        return torch.zeros_like(l)
+
+    def relax_inputs(self, bounds, alpha=None):
+        (lz, uz), (l, u) = bounds
+        dl, du = self.act.derivative_bounds(lz, uz)
         dl_l, du_l, dl_u, du_u = dl * l, du * l, dl * u, du * u
-        fixed = dl == du
+        fixed = (dl == du).expand_as(dl_l)
+        dl_e, du_e = dl.expand_as(dl_l), du.expand_as(dl_l)
+        zero = torch.zeros_like(dl_l)
         if self.relaxation == "interval":
             lo = torch.minimum(torch.minimum(dl_l, du_l), torch.minimum(dl_u, du_u))
             hi = torch.maximum(torch.maximum(dl_l, du_l), torch.maximum(dl_u, du_u))
-            zero = torch.zeros_like(lo)
-            return (
-                torch.where(fixed, dl.expand_as(lo), zero),
-                torch.where(fixed, zero, lo),
-                torch.where(fixed, dl.expand_as(lo), zero),
-                torch.where(fixed, zero, hi),
-            )
-        # upper: phi(g) = max(d_l g, d_u g), convex -> chord; lower: min(.), concave -> chord
+            w = torch.where(fixed, dl_e, zero)
+            return [None, w], torch.where(fixed, zero, lo), [None, w], torch.where(fixed, zero, hi)
+        # z-free: upper phi(g) = max(d_l g, d_u g) (convex) -> chord; lower min(.) (concave) -> chord
         uw, ub = chord_relaxation(torch.maximum(dl_l, du_l), torch.maximum(dl_u, du_u), l, u)
         lw, lb = chord_relaxation(torch.minimum(dl_l, du_l), torch.minimum(dl_u, du_u), l, u)
-        # where g has a fixed sign (or the gate is fixed) phi is linear: use the exact slope
-        pos, neg = l >= 0, u <= 0
-        zero = torch.zeros_like(uw)
-        uw = torch.where(
-            fixed, dl.expand_as(uw), torch.where(pos, du.expand_as(uw), torch.where(neg, dl.expand_as(uw), uw))
-        )
-        ub = torch.where(fixed | pos | neg, zero, ub)
-        lw = torch.where(
-            fixed, dl.expand_as(lw), torch.where(pos, dl.expand_as(lw), torch.where(neg, du.expand_as(lw), lw))
-        )
-        lb = torch.where(fixed | pos | neg, zero, lb)
-        return lw, lb, uw, ub
+        pos, neg = (l >= 0).expand_as(uw), (u <= 0).expand_as(uw)
+        exact = fixed | pos | neg
+        uw = torch.where(fixed, dl_e, torch.where(pos, du_e, torch.where(neg, dl_e, uw)))
+        lw = torch.where(fixed, dl_e, torch.where(pos, dl_e, torch.where(neg, du_e, lw)))
+        ub, lb = torch.where(exact, zero, ub), torch.where(exact, zero, lb)
+        if not self.coupled or alpha is None:
+            return [None, lw], lb, [None, uw], ub
+        return self._mix_coupled(lz, uz, l, u, lw, lb, uw, ub, alpha)
 
-    def to(self, dtype=None, device=None) -> GatedProduct:
-        return GatedProduct(
-            self.d_lower.to(device=device, dtype=dtype),
-            self.d_upper.to(device=device, dtype=dtype),
-            self.relaxation,
-            self.source,
-        )
+    def _mix_coupled(self, lz, uz, l, u, lw, lb, uw, ub, beta):
+        a = float(self.gate_slope)
+        unstable = (lz < 0) & (uz > 0)
+        sl = torch.where(unstable, lz, -torch.ones_like(lz))
+        su = torch.where(unstable, uz, torch.ones_like(uz))
+        # planes for P = s g  (slopes in g are 1)
+        pu_z = torch.where(l >= 0, l / (-sl), l / su)
+        pu_b = torch.where(l >= 0, torch.zeros_like(l), -l)
+        pl_z = torch.where(u <= 0, -u / sl, u / su)
+        pl_b = torch.where(u <= 0, torch.zeros_like(u), -u)
+        k = 1.0 - a  # h = a g + k P
+        if k < 0:
+            pu_z, pu_b, pl_z, pl_b = pl_z, pl_b, pu_z, pu_b
+        cu_g, cu_z, cu_b = a + k, k * pu_z, k * pu_b
+        cl_g, cl_z, cl_b = a + k, k * pl_z, k * pl_b
+        bt = beta * unstable.to(beta.dtype)
+        uw_g = (1 - bt) * uw + bt * cu_g
+        ub_m = (1 - bt) * ub + bt * cu_b
+        lw_g = (1 - bt) * lw + bt * cl_g
+        lb_m = (1 - bt) * lb + bt * cl_b
+        return [bt * cl_z, lw_g], lb_m, [bt * cu_z, uw_g], ub_m
+
+    def relax(self, l, u, alpha=None):  # pragma: no cover - two-input op: the engine calls relax_inputs
+        raise TypeError("GatedProduct has two inputs (z, g); use relax_inputs")
 
     def describe(self) -> str:
-        return f"gate[{self.source}]"
+        return f"gate[{self.act.name}]"
+
+
+def _gate_slope(act: ElementwiseOp) -> float | None:
+    """Inactive-side slope ``a`` of a piecewise-linear activation (ReLU: 0, LeakyReLU: a), else None."""
+    from lipbound.ops.leaky_relu import LeakyReLU
+    from lipbound.ops.relu import ReLU
+
+    if isinstance(act, ReLU):
+        return 0.0
+    if isinstance(act, LeakyReLU):
+        return act.a
+    return None
 
 
 class JacobianBuilder:
     """Collects backward nodes; handed to every op's :meth:`jacobian` rule."""
 
-    def __init__(self, gate_bounds, relaxation: str, dtype: torch.dtype) -> None:
+    def __init__(self, relaxation: str, coupled: bool, dtype: torch.dtype) -> None:
         self.nodes: list[Node] = []
-        self.gate_bounds = gate_bounds  # callable(act_op, z_node) -> (d_l, d_u) with batch B*K
         self.relaxation = relaxation
+        self.coupled = coupled
         self.dtype = dtype
+        self._target_shape: tuple[int, ...] = ()
 
     def add(self, op: Op, inputs: list[Node], shape: tuple[int, ...] | None = None, name: str = "") -> Node:
-        shape = inputs[0].shape if shape is None else shape
+        shape = inputs[-1].shape if shape is None else shape
         node = Node(f"g{len(self.nodes)}_{name or op.name}", op, tuple(inputs), tuple(shape))
         self.nodes.append(node)
         return node
 
-    def transpose(self, op: LinearOp, g: Node, in_shape: tuple[int, ...] | None = None) -> Node:
+    def transpose(self, op: LinearOp, g: Node) -> Node:
+        """``M^T g`` for a single-input linear op (shape: the op's input)."""
         return self.add(TransposedLinear(op), [g], shape=self._target_shape)
 
     def gate(self, act: ElementwiseOp, z: Node, g: Node) -> Node:
-        dl, du = self.gate_bounds(act, z)
-        return self.add(GatedProduct(dl, du, self.relaxation, z.origin or z.name), [g], shape=z.shape)
-
-    # the shape of the forward input whose gradient is being produced (set by build_jacobian_graph)
-    _target_shape: tuple[int, ...] = ()
+        """``sigma'(z) * g``."""
+        return self.add(GatedProduct(act, self.relaxation, self.coupled), [z, g], shape=z.shape)
 
 
 def build_jacobian_graph(
     graph: Graph,
-    forward_bounds: dict[int, Bounds],
-    num_directions: int,
+    c: Tensor,
     relaxation: str = "crown",
+    coupled: bool = False,
 ) -> tuple[Graph, Node]:
-    """Backward graph of ``graph`` for ``K = num_directions`` output directions.
+    """The combined forward + backward graph computing ``g_x = J(x)^T c``.
 
-    Returns the backward :class:`Graph` (input leaf: ``c`` of per-sample shape ``output.shape``, batch ``B*K``)
-    and its output node ``g_x`` (per-sample shape ``input.shape``).
+    ``c`` has shape ``(N, *output_shape)`` (``N`` = batch of the box the graph will be bounded on; the caller
+    repeats each input's box once per direction). The returned graph has the forward graph's input leaf ``x`` and
+    output ``g_x`` (per-sample shape ``input.shape``); its nodes are the forward nodes, the constant ``c`` and the
+    backward nodes. Evaluating it at a point gives the autograd gradient (ReLU'(0) = 0).
     """
     if relaxation not in RELAXATIONS:
         raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
-    k = num_directions
-    sample = next(iter(forward_bounds.values()))[0] if forward_bounds else None
-    dtype = sample.dtype if sample is not None else torch.get_default_dtype()
-
-    def gate_bounds(act: ElementwiseOp, z: Node) -> Bounds:
-        l, u = forward_bounds[id(z)]
-        dl, du = act.derivative_bounds(l, u)
-        return dl.repeat_interleave(k, dim=0), du.repeat_interleave(k, dim=0)
-
-    jb = JacobianBuilder(gate_bounds, relaxation, dtype)
-    c_node = Node("c", InputOp(), (), graph.output.shape, "output direction c")
+    jb = JacobianBuilder(relaxation, coupled, c.dtype)
+    c_node = Node("c", ConstOp(c), (), graph.output.shape, "output direction c")
     pending: dict[int, list[Node]] = {id(graph.output): [c_node]}
     grads: dict[int, Node] = {}
     for node in reversed(graph.nodes):
@@ -196,9 +227,9 @@ def build_jacobian_graph(
     g_x = grads.get(id(graph.input))
     if g_x is None:  # the output does not depend on the input: zero gradient
         g_x = jb.add(ZeroMap(graph.output.shape, graph.input.shape), [c_node], shape=graph.input.shape, name="zero")
-    nodes = [c_node, *jb.nodes]
-    back = Graph(nodes, c_node, g_x, {"kind": "jacobian", "directions": k, "relaxation": relaxation})
-    return back, g_x
+    nodes = [*graph.nodes, c_node, *jb.nodes]
+    meta = {"kind": "jacobian", "relaxation": relaxation, "coupled": coupled}
+    return Graph(nodes, graph.input, g_x, meta), g_x
 
 
 class ZeroMap(LinearOp):

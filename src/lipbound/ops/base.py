@@ -151,6 +151,11 @@ class ElementwiseOp(Op):
         """
         raise NotImplementedError  # pragma: no cover
 
+    def relax_inputs(self, bounds: list[Bounds], alpha: Tensor | None = None):
+        """Relaxation in the general multi-input form used by the engine (see :mod:`lipbound.engine.crown`)."""
+        lw, lb, uw, ub = self.relax(bounds[0][0], bounds[0][1], alpha)
+        return [lw], lb, [uw], ub
+
     def default_alpha(self, l: Tensor, u: Tensor) -> Tensor:
         """Initial alpha for optimisation (the CROWN heuristic)."""
         return torch.zeros_like(l)
