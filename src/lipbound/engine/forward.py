@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lipbound.engine.crown import Alphas, backsubstitute, identity_spec
+from lipbound.engine.optim import ProjectedAdam
 from lipbound.graph.ir import Graph, Node
 from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp
 from lipbound.ops.leaky_relu import LeakyReLU
@@ -193,7 +194,7 @@ def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
     params = [a for per in alphas.values() for pair in per.values() for a in pair]
     if not params:
         return best
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = ProjectedAdam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
@@ -208,9 +209,6 @@ def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
                 break
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                for a in params:
-                    a.clamp_(0.0, 1.0)
     return best
 
 
@@ -233,7 +231,7 @@ def optimized_backsubstitute(
     params = [a for pair in per.values() for a in pair]
     if not params:
         return lo, up
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = ProjectedAdam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
@@ -242,7 +240,4 @@ def optimized_backsubstitute(
                 lo, up = torch.maximum(lo, l2), torch.minimum(up, u2)
             (u2.sum() - l2.sum()).backward()
             opt.step()
-            with torch.no_grad():
-                for a in params:
-                    a.clamp_(0.0, 1.0)
     return lo, up

@@ -41,7 +41,7 @@ class GroupSort(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c, g = x.shape[1], self.group_size
         if c % g:
-            raise ShapeMismatchError(f"{type(self).__name__}: {c} features are not divisible into groups of {g}")
+            raise ValueError("GroupSort/MaxMin: the number of features is not divisible by the group size")
         if self.grouping == "halves":
             a, b = x[:, : c // 2], x[:, c // 2 :]
             return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)

@@ -1,0 +1,829 @@
+"""Import an ONNX model into a lipbound :class:`~lipbound.graph.ir.Graph`.
+
+The importer is a translation table: every ONNX node is rewritten as the equivalent torch call and dispatched
+through the converters of :data:`~lipbound.ops.registry.REGISTRY` (the same ones ``torch.fx`` tracing uses), so
+each operator keeps one set of forward/interval/relaxation/Jacobian rules. Values flowing between ONNX nodes are
+
+* graph :class:`~lipbound.graph.ir.Node` objects (tensors that depend on the input, batch dimension first),
+* constant tensors (initializers, ``Constant`` nodes and everything computed only from them),
+* symbolic shape vectors :class:`SymShape` whose entries are ints or :data:`~lipbound.graph.trace.BATCH`
+  (what ``Shape`` of a traced tensor yields), so exporter shape arithmetic folds to constants.
+
+A few ONNX operators have no registry entry of their own and are lowered here into registry ops, exactly:
+
+* ``Slice``/``Gather``/``Transpose``/``Squeeze``/``Unsqueeze`` of a traced tensor: ``y = S x`` with a 0/1 selection
+  matrix ``S`` on the flattened per-sample features (``F.linear``), then a reshape;
+* ``Concat`` of traced tensors: ``y = sum_i E_i x_i`` with embedding matrices ``E_i``;
+* ``Max``/``Min`` of two traced tensors: ``max(a, b) = b + relu(a - b)``, ``min(a, b) = a - relu(a - b)``;
+* ``TopK`` over the whole last axis (a sort): ``GroupSort`` with groups of that size on the flattened features,
+  which are exactly the sorted rows.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lipbound.errors import (
+    InvalidModelError,
+    LipboundError,
+    ModelLoadError,
+    ShapeMismatchError,
+    UnsupportedOperatorError,
+)
+from lipbound.graph.builder import GraphBuilder
+from lipbound.graph.ir import Graph, Node
+from lipbound.graph.trace import BATCH, BatchDim
+from lipbound.nn.activations import GroupSort
+from lipbound.ops.catalog import REGISTRY
+
+# --------------------------------------------------------------------------------------------------------------
+# symbolic shapes and composite lowerings (shared with the TorchScript importer)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SymShape(tuple):
+    """A shape vector whose entries are ints or ``BATCH`` (the unknown batch size)."""
+
+
+def is_batch(v: Any) -> bool:
+    return isinstance(v, BatchDim)
+
+
+def sym_arith(fn: Callable[[Any, Any], Any], a: Any, b: Any, where: str) -> Any:
+    """Integer arithmetic on shape entries; arithmetic involving the batch size cannot be represented."""
+    if is_batch(a) or is_batch(b):
+        raise UnsupportedOperatorError("shape arithmetic on the batch dimension", where)
+    return fn(a, b)
+
+
+def call(fn: Any, b: GraphBuilder, *args: Any, **kwargs: Any) -> Any:
+    """Dispatch the torch call ``fn(*args, **kwargs)`` through its registry converter."""
+    conv = REGISTRY.functions.get(fn)
+    if conv is None:  # pragma: no cover - a registry entry the importers rely on is missing
+        raise UnsupportedOperatorError(getattr(fn, "__name__", str(fn)), b.origin, REGISTRY.supported())
+    return conv(b, None, args, kwargs)
+
+
+def reshape(b: GraphBuilder, x: Node, shape: tuple[int, ...]) -> Node:
+    """Reshape the per-sample part of ``x`` (batch dimension kept)."""
+    if tuple(shape) == x.shape:
+        return x
+    return call(torch.reshape, b, x, (BATCH, *shape))
+
+
+def _dtype(b: GraphBuilder, x: Node) -> dict:
+    v = b.value(x)
+    return {"dtype": v.dtype, "device": v.device}
+
+
+def select(b: GraphBuilder, x: Node, index: Tensor) -> Node:
+    """``y[k] = x.flat[index[k]]`` for a constant integer array ``index`` (per-sample output shape = its shape)."""
+    flat_index = index.reshape(-1).long()
+    if index.shape == torch.Size(x.shape) and torch.equal(flat_index, torch.arange(x.numel)):
+        return x
+    s = torch.zeros(flat_index.numel(), x.numel, **_dtype(b, x))
+    s[torch.arange(flat_index.numel()), flat_index] = 1.0
+    flat = reshape(b, x, (x.numel,))
+    y = call(F.linear, b, flat, s, None)
+    return reshape(b, y, tuple(index.shape))
+
+
+def feature_index(x: Node) -> Tensor:
+    """Flat indices of the per-sample features of ``x``, arranged in its per-sample shape."""
+    return torch.arange(x.numel).reshape(x.shape)
+
+
+def per_sample_axis(axis: int, ndim: int, where: str) -> int:
+    """Map an axis of the batched tensor (``ndim`` dims, batch first) to a per-sample axis."""
+    a = axis + ndim if axis < 0 else axis
+    if a == 0:
+        raise UnsupportedOperatorError("operation over the batch dimension", where)
+    if not 0 < a < ndim:
+        raise ShapeMismatchError(f"axis {axis} out of range for a {ndim}-d tensor at {where!r}")
+    return a - 1
+
+
+def concat(b: GraphBuilder, xs: list[Node], axis: int) -> Node:
+    """Concatenate traced tensors along per-sample ``axis``: ``y = sum_i E_i x_i`` (exact)."""
+    ref = xs[0].shape
+    for x in xs:
+        if len(x.shape) != len(ref) or any(x.shape[d] != ref[d] for d in range(len(ref)) if d != axis):
+            raise ShapeMismatchError(f"concat at {b.origin!r}: shapes {[x.shape for x in xs]} do not match")
+    out_shape = list(ref)
+    out_shape[axis] = sum(x.shape[axis] for x in xs)
+    positions = torch.arange(math.prod(out_shape)).reshape(out_shape)
+    total = None
+    offset = 0
+    for x in xs:
+        part = positions.narrow(axis, offset, x.shape[axis]).reshape(-1)
+        offset += x.shape[axis]
+        e = torch.zeros(positions.numel(), x.numel, **_dtype(b, x))
+        e[part, torch.arange(x.numel)] = 1.0
+        y = call(F.linear, b, reshape(b, x, (x.numel,)), e, None)
+        total = y if total is None else call(operator.add, b, total, y)
+    assert total is not None
+    return reshape(b, total, tuple(out_shape))
+
+
+def maximum(b: GraphBuilder, x: Node, y: Node, cache: dict | None = None) -> Node:
+    """``max(x, y) = y + relu(x - y)`` (exact; the Clarke derivative at ties covers both selections)."""
+    return call(operator.add, b, y, _relu_diff(b, x, y, cache))
+
+
+def minimum(b: GraphBuilder, x: Node, y: Node, cache: dict | None = None) -> Node:
+    """``min(x, y) = x - relu(x - y)``."""
+    return call(operator.sub, b, x, _relu_diff(b, x, y, cache))
+
+
+def _relu_diff(b: GraphBuilder, x: Node, y: Node, cache: dict | None) -> Node:
+    key = (id(x), id(y))
+    if cache is not None and key in cache:
+        return cache[key]
+    if x.shape != y.shape:
+        raise UnsupportedOperatorError("max/min with broadcasting", b.origin, hint=f"shapes {x.shape}, {y.shape}")
+    r = call(torch.relu, b, call(operator.sub, b, x, y))
+    if cache is not None:
+        cache[key] = r
+    return r
+
+
+def sort_last(b: GraphBuilder, x: Node, descending: bool = True) -> Node:
+    """Sort along the last per-sample axis: ``GroupSort`` with groups of that size on the flattened features."""
+    if not x.shape:
+        raise ShapeMismatchError(f"sort at {b.origin!r} needs a per-sample axis")
+    g = x.shape[-1]
+    if g == 1:
+        return x
+    src = x if descending else call(operator.neg, b, x)
+    flat = reshape(b, src, (x.numel,))
+    y = REGISTRY.modules[GroupSort](b, GroupSort(g, "consecutive"), (flat,), {})
+    y = reshape(b, y, x.shape)
+    return y if descending else call(operator.neg, b, y)
+
+
+def resolve_reshape(x: Node, target: list[Any], where: str, allow_zero: bool = False) -> tuple[int, ...]:
+    """Per-sample target shape of a batched reshape whose first entry stands for the batch dimension.
+
+    The first entry may be ``BATCH``, ``0`` (ONNX: copy), ``-1`` or a fixed export-time batch size; the rest may
+    contain one ``-1`` and (ONNX, ``allow_zero``) zeros copying the input's dimension.
+    """
+    if not target:
+        raise ShapeMismatchError(f"empty target shape at {where!r}")
+    rest = list(target[1:])
+    if any(is_batch(s) for s in rest):
+        raise UnsupportedOperatorError("reshape that moves the batch dimension", where)
+    full = (None, *x.shape)
+    rest = [int(full[i + 1]) if (s == 0 and allow_zero and i + 1 < len(full)) else int(s) for i, s in enumerate(rest)]
+    if rest.count(-1) > 1:
+        raise ShapeMismatchError(f"more than one -1 in reshape at {where!r}")
+    if -1 in rest:
+        known = math.prod(s for s in rest if s != -1)
+        if known == 0 or x.numel % known:
+            raise ShapeMismatchError(f"cannot reshape {x.shape} to {target} at {where!r}")
+        rest[rest.index(-1)] = x.numel // known
+    head = target[0]
+    if math.prod(rest) != x.numel:
+        if is_batch(head) or head == 0:
+            raise ShapeMismatchError(f"cannot reshape per-sample shape {x.shape} to {tuple(rest)} at {where!r}")
+        raise UnsupportedOperatorError(
+            "reshape that mixes the batch dimension",
+            where,
+            hint=f"target {list(target)} does not keep the {x.numel} per-sample features together",
+        )
+    return tuple(rest)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX reading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _load_proto(path_or_model: Any):
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    if isinstance(path_or_model, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(path_or_model))
+        except Exception as e:
+            raise ModelLoadError(f"the bytes given are not a readable ONNX model: {e}") from e
+    path = Path(path_or_model)
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX file not found: {str(path)!r}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{str(path)!r} is not a readable ONNX file ({type(e).__name__}: {e})") from e
+    if not model.graph.node:
+        raise ModelLoadError(f"{str(path)!r} is not a readable ONNX file (it has no graph nodes)")
+    return model
+
+
+def _attrs(node) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _to_torch(arr: np.ndarray) -> Tensor:
+    arr = np.array(arr)  # own the memory (writeable)
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return torch.from_numpy(arr)
+
+
+def _declared_input(model) -> tuple[str, list[Any], int]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        names = [i.name for i in inputs]
+        raise InvalidModelError(f"the ONNX model must have exactly one input, it has {len(inputs)}: {names}")
+    inp = inputs[0]
+    tt = inp.type.tensor_type
+    dims: list[Any] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return inp.name, dims, tt.elem_type
+
+
+_FLOAT_TYPES = {1: torch.float32, 10: torch.float32, 11: torch.float64, 16: torch.float32}
+
+
+def graph_from_onnx(path_or_model: Any, input_shape: tuple[int, ...] | None = None, *, check: bool = True) -> Graph:
+    """Build a Graph from an ONNX file (path), serialized bytes or ``onnx.ModelProto``.
+
+    ``input_shape`` is the per-sample input shape; by default it is read from the model's declared input (first
+    dimension = batch). If given and the model declares a different fixed shape, :class:`ShapeMismatchError`.
+    With ``check=True`` the graph is compared with ONNX's reference evaluator on random inputs.
+    """
+    model = _load_proto(path_or_model)
+    name, dims, elem = _declared_input(model)
+    declared = dims[1:] if dims else []
+    if input_shape is None:
+        if not dims or any(d is None for d in declared):
+            raise ShapeMismatchError(
+                f"ONNX input {name!r} has dynamic per-sample dims {dims}; pass input_shape=(...) explicitly"
+            )
+        input_shape = tuple(int(d) for d in declared)
+    input_shape = tuple(int(s) for s in input_shape)
+    mismatch = len(declared) != len(input_shape) or any(
+        d not in (None, s) for d, s in zip(declared, input_shape, strict=False)
+    )
+    if dims and mismatch:
+        raise ShapeMismatchError(
+            f"input_shape {input_shape} does not match the ONNX input {name!r} of shape (batch, {declared})"
+        )
+    dtype = _FLOAT_TYPES.get(elem, torch.float32)
+    imp = _OnnxImporter(model, dtype)
+    graph = imp.run(name, input_shape)
+    graph.check_finite()
+    if check:
+        _check_reference(graph, model, name, input_shape, dtype)
+    return graph
+
+
+def _check_reference(graph: Graph, model, name: str, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Compare with ``onnx.reference.ReferenceEvaluator`` (skipped if that evaluator cannot run the model)."""
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        sess = ReferenceEvaluator(model)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, *input_shape, generator=gen, dtype=torch.float64).to(dtype)
+        ref = torch.from_numpy(np.asarray(sess.run(None, {name: x.numpy()})[0]))
+    except Exception:  # the reference evaluator lacks an op or a dtype: nothing to compare with
+        return
+    with torch.no_grad():
+        got = graph(x)
+    if ref.shape != got.shape or not torch.allclose(ref.to(got.dtype), got, atol=1e-4, rtol=1e-4):
+        err = (ref.to(got.dtype) - got).abs().max().item() if ref.shape == got.shape else f"shape {tuple(ref.shape)}"
+        raise LipboundError(f"internal error: imported ONNX graph differs from the model (max error {err})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the translation table
+# --------------------------------------------------------------------------------------------------------------
+
+Handler = Callable[["_OnnxImporter", list[Any], dict[str, Any]], Any]
+_OPS: dict[str, Handler] = {}
+
+
+def _op(*names: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            _OPS[n] = fn
+        return fn
+
+    return deco
+
+
+def supported_onnx_ops() -> list[str]:
+    """ONNX operator types the importer translates."""
+    return sorted(_OPS)
+
+
+class _OnnxImporter:
+    def __init__(self, model, dtype: torch.dtype) -> None:
+        import onnx.numpy_helper as nph
+
+        self.model = model
+        self.dtype = dtype
+        self.consts: dict[str, Any] = {t.name: self._float(_to_torch(nph.to_array(t))) for t in model.graph.initializer}
+        self.cache: dict = {}
+        self.b: GraphBuilder
+
+    def _float(self, t: Tensor) -> Tensor:
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    @property
+    def where(self) -> str:
+        return self.b.origin
+
+    def run(self, input_name: str, input_shape: tuple[int, ...]) -> Graph:
+        self.b = GraphBuilder(torch.zeros(1, *input_shape, dtype=self.dtype), input_name)
+        env: dict[str, Any] = dict(self.consts)
+        env[input_name] = self.b.input
+        env[""] = None  # omitted optional inputs
+        for k, node in enumerate(self.model.graph.node):
+            self.b.origin = node.name or f"{node.op_type}#{k}"
+            handler = _OPS.get(node.op_type)
+            if node.domain not in ("", "ai.onnx") or handler is None:
+                raise UnsupportedOperatorError(
+                    f"ONNX {node.op_type}", self.b.origin, supported_onnx_ops(), hint=f"node {k} of the ONNX graph"
+                )
+            args = [env[i] for i in node.input]
+            out = handler(self, args, _attrs(node))
+            outs = out if isinstance(out, list) else [out]
+            for oname, v in zip(node.output, outs, strict=False):
+                env[oname] = v
+        outputs = list(self.model.graph.output)
+        if len(outputs) != 1:
+            raise InvalidModelError(f"the ONNX model must have exactly one output, it has {len(outputs)}")
+        result = env[outputs[0].name]
+        if not isinstance(result, Node):
+            raise InvalidModelError("the ONNX model output does not depend on its input")
+        return self.b.finish(result, {"source": "onnx"})
+
+    # helpers --------------------------------------------------------------------------------------------------
+    def const(self, v: Any, what: str) -> Tensor:
+        if isinstance(v, Tensor):
+            return v
+        if isinstance(v, SymShape) and not any(is_batch(s) for s in v):
+            return torch.tensor([int(s) for s in v], dtype=torch.int64)
+        raise UnsupportedOperatorError(f"{what} that depends on the input", self.where, hint="it must be a constant")
+
+    def ints(self, v: Any, what: str) -> list[int]:
+        return [int(s) for s in self.const(v, what).reshape(-1).tolist()]
+
+
+def _any_node(args: list[Any]) -> bool:
+    return any(isinstance(a, Node) for a in args)
+
+
+def _any_sym(args: list[Any]) -> bool:
+    return any(isinstance(a, SymShape) or is_batch(a) for a in args)
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, Tensor) and v.numel() == 1:
+        return v.reshape(()).item()
+    return v
+
+
+# -- linear layers ---------------------------------------------------------------------------------------------
+
+
+@_op("Gemm")
+def _gemm(imp: _OnnxImporter, args, at):
+    a, bmat = args[0], args[1]
+    c = args[2] if len(args) > 2 else None
+    alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+    if not isinstance(a, Node) or isinstance(bmat, Node) or isinstance(c, Node):
+        raise UnsupportedOperatorError("ONNX Gemm", imp.where, hint="only input @ constant weight is supported")
+    if at.get("transA", 0):
+        raise UnsupportedOperatorError("ONNX Gemm(transA=1)", imp.where, hint="it transposes the batch dimension")
+    bmat = imp.const(bmat, "Gemm weight")
+    weight = alpha * (bmat if at.get("transB", 0) else bmat.T)
+    bias = None
+    if c is not None:
+        c = beta * imp.const(c, "Gemm bias")
+        if c.numel() not in (1, weight.shape[0]):
+            raise UnsupportedOperatorError("ONNX Gemm with a per-sample bias", imp.where, hint=f"C {tuple(c.shape)}")
+        bias = c.reshape(-1).expand(weight.shape[0]).clone()
+    return call(F.linear, imp.b, a, weight, bias)
+
+
+@_op("MatMul")
+def _matmul(imp: _OnnxImporter, args, at):
+    a, w = args
+    if isinstance(a, Node) and not isinstance(w, Node):
+        w = imp.const(w, "MatMul weight")
+        if w.dim() != 2:
+            raise UnsupportedOperatorError("ONNX MatMul with a non-2-D constant", imp.where)
+        return call(F.linear, imp.b, a, w.T, None)
+    if not _any_node(args):
+        return torch.matmul(imp.const(a, "MatMul"), imp.const(w, "MatMul"))
+    raise UnsupportedOperatorError("ONNX MatMul", imp.where, hint="only input @ constant matrix is linear")
+
+
+@_op("Conv")
+def _conv(imp: _OnnxImporter, args, at):
+    x, w = args[0], args[1]
+    bias = args[2] if len(args) > 2 else None
+    if not isinstance(x, Node) or isinstance(w, Node) or isinstance(bias, Node):
+        raise UnsupportedOperatorError("ONNX Conv", imp.where, hint="only a constant kernel is supported")
+    w = imp.const(w, "Conv weight")
+    if w.dim() != 4:
+        raise UnsupportedOperatorError(f"ONNX Conv with {w.dim() - 2}-D kernel", imp.where, hint="only 2-D")
+    strides = list(at.get("strides", [1, 1]))
+    dil = list(at.get("dilations", [1, 1]))
+    pads = _pads(imp, at, x.shape[1:], w.shape[2:], strides, dil)
+    return call(F.conv2d, imp.b, x, w, bias, tuple(strides), pads, tuple(dil), int(at.get("group", 1)))
+
+
+def _pads(imp: _OnnxImporter, at, spatial, kernel, strides, dil) -> tuple[int, int]:
+    auto = at.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for i in range(2):
+            out = -(-spatial[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - spatial[i])
+            if total % 2:
+                raise UnsupportedOperatorError(f"auto_pad={auto} with asymmetric padding", imp.where)
+            pads.append(total // 2)
+        return (pads[0], pads[1])
+    if auto == "VALID":
+        return (0, 0)
+    p = list(at.get("pads", [0, 0, 0, 0]))
+    if p[:2] != p[2:]:
+        raise UnsupportedOperatorError(f"asymmetric padding {p}", imp.where, hint="pads must be symmetric")
+    return (int(p[0]), int(p[1]))
+
+
+@_op("BatchNormalization")
+def _batchnorm(imp: _OnnxImporter, args, at):
+    x, scale, bias, mean, var = args[:5]
+    if at.get("training_mode", 0):
+        raise InvalidModelError(f"BatchNormalization at {imp.where!r} is in training mode; export in eval mode")
+    if not isinstance(x, Node):
+        raise UnsupportedOperatorError("ONNX BatchNormalization of a constant", imp.where)
+    p = [imp.const(t, "BatchNormalization parameter") for t in (mean, var, scale, bias)]
+    eps = float(at.get("epsilon", 1e-5))
+    return call(F.batch_norm, imp.b, x, p[0], p[1], p[2], p[3], False, 0.0, eps)
+
+
+@_op("AveragePool")
+def _avgpool(imp: _OnnxImporter, args, at):
+    x = args[0]
+    k = list(at["kernel_shape"])
+    if len(k) != 2:
+        raise UnsupportedOperatorError(f"ONNX AveragePool over {len(k)} dims", imp.where, hint="only 2-D")
+    strides = list(at.get("strides", [1, 1]))
+    dil = list(at.get("dilations", [1, 1]))
+    if dil != [1, 1]:
+        raise UnsupportedOperatorError("ONNX AveragePool with dilations", imp.where)
+    pads = _pads(imp, at, x.shape[1:], k, strides, dil)
+    include = bool(at.get("count_include_pad", 0))
+    return call(F.avg_pool2d, imp.b, x, tuple(k), tuple(strides), pads, bool(at.get("ceil_mode", 0)), include, None)
+
+
+@_op("GlobalAveragePool")
+def _gap(imp: _OnnxImporter, args, at):
+    x = args[0]
+    return call(F.avg_pool2d, imp.b, x, tuple(x.shape[1:]), tuple(x.shape[1:]), 0, False, True, None)
+
+
+# -- activations -----------------------------------------------------------------------------------------------
+
+
+def _unary(fn: Any) -> Handler:
+    def handler(imp: _OnnxImporter, args, at):
+        if not isinstance(args[0], Node):
+            return fn(imp.const(args[0], "operand"))
+        return call(fn, imp.b, args[0])
+
+    return handler
+
+
+_op("Relu")(_unary(torch.relu))
+_op("Tanh")(_unary(torch.tanh))
+_op("Sigmoid")(_unary(torch.sigmoid))
+
+
+@_op("LeakyRelu")
+def _leaky(imp: _OnnxImporter, args, at):
+    return call(F.leaky_relu, imp.b, args[0], float(at.get("alpha", 0.01)))
+
+
+@_op("Identity", "Dropout")
+def _identity(imp: _OnnxImporter, args, at):
+    if len(args) > 2 and args[2] is not None and bool(_scalar(imp.const(args[2], "Dropout training_mode"))):
+        raise InvalidModelError(f"Dropout at {imp.where!r} is in training mode; export in eval mode")
+    return args[0]
+
+
+# -- arithmetic ------------------------------------------------------------------------------------------------
+
+
+def _binary(fn: Any, torch_fn: Any) -> Handler:
+    def handler(imp: _OnnxImporter, args, at):
+        a, c = args
+        if _any_node(args):
+            return call(fn, imp.b, a, c)
+        if _any_sym(args):
+            return sym_arith(fn, _scalar(a), _scalar(c), imp.where)
+        return torch_fn(a, c)
+
+    return handler
+
+
+_op("Add")(_binary(operator.add, torch.add))
+_op("Sub")(_binary(operator.sub, torch.sub))
+_op("Mul")(_binary(operator.mul, torch.mul))
+
+
+@_op("Div")
+def _div(imp: _OnnxImporter, args, at):
+    a, c = args
+    if _any_node(args):
+        return call(operator.truediv, imp.b, a, c)
+    if _any_sym(args):
+        return sym_arith(operator.floordiv, _scalar(a), _scalar(c), imp.where)
+    if not a.is_floating_point() and not c.is_floating_point():
+        return torch.div(a, c, rounding_mode="trunc")
+    return a / c
+
+
+@_op("Neg")
+def _neg(imp: _OnnxImporter, args, at):
+    return call(operator.neg, imp.b, args[0]) if isinstance(args[0], Node) else -imp.const(args[0], "Neg")
+
+
+def _maxmin(is_max: bool) -> Handler:
+    def handler(imp: _OnnxImporter, args, at):
+        if not _any_node(args):
+            vals = [imp.const(a, "Max/Min operand") for a in args]
+            out = vals[0]
+            for v in vals[1:]:
+                out = torch.maximum(out, v) if is_max else torch.minimum(out, v)
+            return out
+        if len(args) != 2 or not all(isinstance(a, Node) for a in args):
+            raise UnsupportedOperatorError("ONNX Max/Min", imp.where, hint="only of two traced tensors")
+        return (maximum if is_max else minimum)(imp.b, args[0], args[1], imp.cache)
+
+    return handler
+
+
+_op("Max")(_maxmin(True))
+_op("Min")(_maxmin(False))
+
+
+# -- constants and shapes --------------------------------------------------------------------------------------
+
+
+@_op("Constant")
+def _constant(imp: _OnnxImporter, args, at):
+    import onnx.numpy_helper as nph
+
+    if "value" in at:
+        return imp._float(_to_torch(nph.to_array(at["value"])))
+    for key, dt in (("value_float", torch.float32), ("value_floats", torch.float32)):
+        if key in at:
+            return torch.tensor(at[key], dtype=dt).to(imp.dtype)
+    for key in ("value_int", "value_ints"):
+        if key in at:
+            return torch.tensor(at[key], dtype=torch.int64)
+    raise UnsupportedOperatorError(f"ONNX Constant with {sorted(at)}", imp.where)
+
+
+@_op("Shape")
+def _shape(imp: _OnnxImporter, args, at):
+    x = args[0]
+    if isinstance(x, Node):
+        full = SymShape((BATCH, *x.shape))
+        start, end = at.get("start", 0), at.get("end", len(full))
+        return SymShape(full[start:end])
+    return torch.tensor(list(imp.const(x, "Shape").shape), dtype=torch.int64)
+
+
+@_op("Cast")
+def _cast(imp: _OnnxImporter, args, at):
+    x = args[0]
+    to = int(at.get("to", 1))
+    if isinstance(x, Node):
+        if to not in _FLOAT_TYPES:
+            raise UnsupportedOperatorError(f"ONNX Cast of the traced tensor to type {to}", imp.where)
+        return x
+    if isinstance(x, SymShape) or is_batch(x):
+        return x
+    import onnx
+
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(to)
+    return imp._float(_to_torch(x.numpy().astype(np_type)))
+
+
+@_op("Gather")
+def _gather(imp: _OnnxImporter, args, at):
+    x, idx = args
+    axis = int(at.get("axis", 0))
+    idx = imp.const(idx, "Gather indices").long()
+    if isinstance(x, SymShape):
+        items = [x[int(i)] for i in idx.reshape(-1).tolist()]
+        if idx.dim() == 0:  # a scalar: a 0-d int tensor, or BATCH
+            return items[0] if is_batch(items[0]) else torch.tensor(int(items[0]))
+        return SymShape(items)
+    if isinstance(x, Node):
+        ax = per_sample_axis(axis, len(x.shape) + 1, imp.where)
+        pos = feature_index(x)
+        size = x.shape[ax]
+        picked = torch.index_select(pos, ax, (idx.reshape(-1) % size))
+        shape = (*x.shape[:ax], *idx.shape, *x.shape[ax + 1 :])
+        return select(imp.b, x, picked.reshape(shape))
+    return torch.index_select(x, axis, idx.reshape(-1) % x.shape[axis]).reshape(
+        *x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]
+    )
+
+
+def _axes(imp: _OnnxImporter, args, at) -> list[int] | None:
+    if len(args) > 1 and args[1] is not None:
+        return imp.ints(args[1], "axes")
+    return list(at["axes"]) if "axes" in at else None
+
+
+@_op("Unsqueeze")
+def _unsqueeze(imp: _OnnxImporter, args, at):
+    x, axes = args[0], _axes(imp, args, at)
+    assert axes is not None
+    if isinstance(x, Node):
+        nd = len(x.shape) + 1 + len(axes)
+        shape: list[int | None] = [None, *x.shape]
+        for a in sorted(a + nd if a < 0 else a for a in axes):
+            if a == 0:
+                raise UnsupportedOperatorError("Unsqueeze before the batch dimension", imp.where)
+            shape.insert(a, 1)
+        return reshape(imp.b, x, tuple(int(s) for s in shape[1:]))  # type: ignore[arg-type]
+    if is_batch(x) or isinstance(x, (int, float)):
+        return SymShape([x])
+    if isinstance(x, SymShape):
+        raise UnsupportedOperatorError("Unsqueeze of a shape vector", imp.where)
+    out = x
+    for a in sorted(a + x.dim() + len(axes) if a < 0 else a for a in axes):
+        out = out.unsqueeze(a)
+    return out
+
+
+@_op("Squeeze")
+def _squeeze(imp: _OnnxImporter, args, at):
+    x, axes = args[0], _axes(imp, args, at)
+    if isinstance(x, Node):
+        nd = len(x.shape) + 1
+        drop = (
+            {a + nd if a < 0 else a for a in axes}
+            if axes is not None
+            else {i + 1 for i, s in enumerate(x.shape) if s == 1}
+        )
+        if 0 in drop:
+            raise UnsupportedOperatorError("Squeeze of the batch dimension", imp.where)
+        return reshape(imp.b, x, tuple(s for i, s in enumerate(x.shape) if i + 1 not in drop))
+    if isinstance(x, SymShape):
+        if len(x) != 1:
+            raise UnsupportedOperatorError("Squeeze of a shape vector", imp.where)
+        return x[0]
+    if axes is None:
+        return x.squeeze()
+    out = x
+    for a in sorted((a + x.dim() if a < 0 else a for a in axes), reverse=True):
+        out = out.squeeze(a)
+    return out
+
+
+@_op("Concat")
+def _concat(imp: _OnnxImporter, args, at):
+    axis = int(at["axis"])
+    if _any_node(args):
+        if not all(isinstance(a, Node) for a in args):
+            raise UnsupportedOperatorError("ONNX Concat of a traced tensor with a constant", imp.where)
+        return concat(imp.b, args, per_sample_axis(axis, len(args[0].shape) + 1, imp.where))
+    if _any_sym(args):
+        items: list[Any] = []
+        for a in args:
+            items.extend(a if isinstance(a, SymShape) else ([a] if is_batch(a) else imp.ints(a, "shape")))
+        return SymShape(items)
+    return torch.cat(args, dim=axis)
+
+
+@_op("Reshape")
+def _reshape(imp: _OnnxImporter, args, at):
+    x, shape = args
+    target = list(shape) if isinstance(shape, SymShape) else imp.ints(shape, "Reshape shape")
+    if isinstance(x, Node):
+        allow_zero = not at.get("allowzero", 0)
+        return reshape(imp.b, x, resolve_reshape(x, target, imp.where, allow_zero))
+    x = imp.const(x, "Reshape input")
+    target = [x.shape[i] if (s == 0 and not at.get("allowzero", 0)) else s for i, s in enumerate(target)]
+    return x.reshape(target)
+
+
+@_op("Flatten")
+def _flatten(imp: _OnnxImporter, args, at):
+    x = args[0]
+    axis = int(at.get("axis", 1))
+    if not isinstance(x, Node):
+        x = imp.const(x, "Flatten")
+        a = axis % max(x.dim(), 1) if axis < 0 else axis
+        return x.reshape(math.prod(x.shape[:a]), -1)
+    nd = len(x.shape) + 1
+    a = axis + nd if axis < 0 else axis
+    if a != 1 and math.prod(x.shape[: a - 1] if a > 0 else (2,)) != 1:
+        raise UnsupportedOperatorError(f"ONNX Flatten(axis={axis})", imp.where, hint="it mixes the batch dimension")
+    return call(torch.flatten, imp.b, x, 1)
+
+
+@_op("Slice")
+def _slice(imp: _OnnxImporter, args, at):
+    x = args[0]
+    if len(args) > 1:
+        starts, ends = imp.ints(args[1], "Slice starts"), imp.ints(args[2], "Slice ends")
+        axes = imp.ints(args[3], "Slice axes") if len(args) > 3 and args[3] is not None else None
+        steps = imp.ints(args[4], "Slice steps") if len(args) > 4 and args[4] is not None else None
+    else:  # opset < 10: attributes
+        starts, ends, axes, steps = list(at["starts"]), list(at["ends"]), at.get("axes"), None
+    if isinstance(x, SymShape):
+        if axes not in (None, [0]) or (steps not in (None, [1])):
+            raise UnsupportedOperatorError("ONNX Slice of a shape vector", imp.where)
+        return SymShape(x[slice(starts[0], ends[0])])
+    nd = len(x.shape) + 1 if isinstance(x, Node) else x.dim()
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index: list[slice] = [slice(None)] * nd
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        if st < 0:
+            raise UnsupportedOperatorError("ONNX Slice with a negative step", imp.where)
+        index[a % nd] = slice(s, e, st)
+    if not isinstance(x, Node):
+        return x[tuple(index)]
+    if index[0] != slice(None) and index[0] != slice(0, None, 1) and not _full(index[0]):
+        raise UnsupportedOperatorError("ONNX Slice of the batch dimension", imp.where)
+    pos = feature_index(x)[tuple(index[1:])]
+    return select(imp.b, x, pos)
+
+
+def _full(s: slice) -> bool:
+    return (s.start in (None, 0)) and (s.stop is None or s.stop >= 2**62) and (s.step in (None, 1))
+
+
+@_op("Transpose")
+def _transpose(imp: _OnnxImporter, args, at):
+    x = args[0]
+    perm = at.get("perm")
+    if not isinstance(x, Node):
+        x = imp.const(x, "Transpose")
+        return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
+    if perm is None or perm[0] != 0:
+        raise UnsupportedOperatorError("ONNX Transpose that moves the batch dimension", imp.where)
+    return select(imp.b, x, feature_index(x).permute(*[p - 1 for p in perm[1:]]))
+
+
+@_op("TopK")
+def _topk(imp: _OnnxImporter, args, at):
+    x, k = args[0], _scalar(imp.const(args[1], "TopK k"))
+    if not isinstance(x, Node):
+        raise UnsupportedOperatorError("ONNX TopK of a constant", imp.where)
+    axis = per_sample_axis(int(at.get("axis", -1)), len(x.shape) + 1, imp.where)
+    if axis != len(x.shape) - 1 or int(k) != x.shape[-1] or not at.get("sorted", 1):
+        raise UnsupportedOperatorError(
+            "ONNX TopK", imp.where, hint="only a full sort along the last axis (k = axis size) is supported"
+        )
+    return [sort_last(imp.b, x, descending=bool(at.get("largest", 1))), _IndicesUnsupported(imp.where)]
+
+
+class _IndicesUnsupported:
+    """Stands for TopK's index output; using it is an error."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+
+def _wrap_indices_check() -> None:
+    """Make every handler reject the TopK index output as an operand."""
+    for name, fn in list(_OPS.items()):
+
+        def checked(imp: _OnnxImporter, args, at, _fn=fn, _name=name):
+            for a in args:
+                if isinstance(a, _IndicesUnsupported):
+                    raise UnsupportedOperatorError("ONNX TopK indices output", a.where, hint=f"used by {_name}")
+            return _fn(imp, args, at)
+
+        _OPS[name] = checked
+
+
+_wrap_indices_check()

@@ -1,0 +1,195 @@
+"""Model intake rejects bad models and files with specific lipbound errors that name the op, layer or file."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lipbound.errors import (
+    InvalidModelError,
+    LipboundError,
+    ModelLoadError,
+    ShapeMismatchError,
+    UnsupportedOperatorError,
+)
+from lipbound.graph import trace
+from lipbound.graph.load import load_inputs, load_model
+from lipbound.graph.onnx_import import graph_from_onnx
+from lipbound.graph.torchscript import graph_from_torchscript
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
+
+def _gelu_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)).eval()
+
+
+def _onnx(model: nn.Module, shape: tuple[int, ...]) -> bytes:
+    f = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(1, *shape),), f, dynamo=False, input_names=["x"], output_names=["y"])
+    return f.getvalue()
+
+
+def test_unsupported_module_fx_names_op_path_and_supported_list() -> None:
+    with pytest.raises(UnsupportedOperatorError) as e:
+        trace(_gelu_net(), (3,))
+    msg = str(e.value)
+    assert "GELU" in msg and "'1'" in msg and "ReLU" in msg and "Linear" in msg
+
+
+def test_unsupported_module_torchscript_names_op_path_and_supported_list() -> None:
+    for ts in (torch.jit.script(_gelu_net()), torch.jit.trace(_gelu_net(), torch.zeros(2, 3))):
+        with pytest.raises(UnsupportedOperatorError) as e:
+            graph_from_torchscript(ts, (3,))
+        msg = str(e.value)
+        assert "aten::gelu" in msg and "'1'" in msg and "GELU" in msg and "aten::linear" in msg
+
+
+def test_unsupported_onnx_op_names_type_node_and_supported_list() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1)).eval()
+    with pytest.raises(UnsupportedOperatorError) as e:
+        graph_from_onnx(_onnx(model, (3,)))
+    msg = str(e.value)
+    assert "Softmax" in msg and "/1/Softmax" in msg and "Gemm" in msg and "Conv" in msg
+
+
+def test_nan_weight_names_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[2].weight[1, 1] = float("nan")
+    with pytest.raises(InvalidModelError, match=r"non-finite.*'2'"):
+        trace(model, (3,))
+    with pytest.raises(InvalidModelError, match=r"non-finite.*'2'"):
+        graph_from_torchscript(torch.jit.trace(model, torch.zeros(2, 3)), (3,))
+    with pytest.raises(InvalidModelError, match=r"non-finite.*Gemm"):
+        graph_from_onnx(_onnx(model, (3,)))
+
+
+def test_batchnorm_in_training_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(InvalidModelError, match=r"'1'.*training mode"):
+        trace(model, (3,))
+    with pytest.raises(InvalidModelError, match=r"BatchNorm1d.*'1'.*training mode"):
+        graph_from_torchscript(torch.jit.script(model), (3,))
+
+
+def test_onnx_batchnorm_training_mode_and_asymmetric_pads() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    def build(node, extra):
+        g = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, 4, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in extra.items()],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+
+    ones = np.ones(2, np.float32)
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1)
+    with pytest.raises(InvalidModelError, match="training mode"):
+        graph_from_onnx(build(bn, {"s": ones, "b": ones, "m": ones, "v": ones}))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 0, 1, 1], name="conv_a")
+    with pytest.raises(UnsupportedOperatorError, match=r"asymmetric.*conv_a"):
+        graph_from_onnx(build(conv, {"w": np.ones((2, 2, 3, 3), np.float32)}))
+
+
+def test_corrupt_and_missing_files(tmp_path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not a protobuf \xff\xfe" * 10)
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
+        graph_from_onnx(bad)
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
+        load_model(str(bad))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(str(tmp_path / "missing.onnx"))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(str(tmp_path / "missing.pt"))
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(str(tmp_path / "missing_model"))
+    bad_pt = tmp_path / "bad.pt"
+    bad_pt.write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="not a TorchScript archive"):
+        load_model(str(bad_pt))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), ckpt)
+    with pytest.raises(ModelLoadError, match=r"torch.save\(\) checkpoint"):
+        load_model(str(ckpt))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_inputs(str(tmp_path / "x.npy"))
+    (tmp_path / "x.txt").write_text("1 2 3")
+    with pytest.raises(ModelLoadError, match="unsupported input file type"):
+        load_inputs(str(tmp_path / "x.txt"))
+    np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.zeros(2))
+    with pytest.raises(ModelLoadError, match=r"\['a', 'b'\]"):
+        load_inputs(str(tmp_path / "two.npz"))
+
+
+def test_bad_factory_specs(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match=r"cannot import module 'no_such_pkg\.mod'"):
+        load_model("no_such_pkg.mod:make")
+    with pytest.raises(ModelLoadError, match=r"factory 'NoSuchNet' not found in module 'lipbound\.models'"):
+        load_model("lipbound.models:NoSuchNet")
+    with pytest.raises(ModelLoadError, match=r"not a callable returning an nn\.Module"):
+        load_model("lipbound.models:SIMPLE_WIDTHS")
+    with pytest.raises(ModelLoadError, match="weights file not found"):
+        load_model("lipbound.models:DigitsMLP", weights=str(tmp_path / "none.pt"))
+    wrong = tmp_path / "wrong.pt"
+    torch.save(nn.Sequential(nn.Linear(64, 3)).state_dict(), wrong)
+    with pytest.raises(ModelLoadError, match=r"do not fit model.*(missing keys|shape mismatch)"):
+        load_model("lipbound.models:DigitsMLP", weights=str(wrong))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": nn.Linear(2, 2)}, pickled)
+    with pytest.raises(ModelLoadError, match="weights_only"):
+        load_model("lipbound.models:DigitsMLP", weights=str(pickled))
+
+
+def test_mismatched_input_shape(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with pytest.raises(ShapeMismatchError, match=r"\(5,\).*\[3\]"):
+        graph_from_onnx(_onnx(model, (3,)), input_shape=(5,))
+    with pytest.raises(LipboundError, match="linear"):
+        graph_from_torchscript(torch.jit.script(model), (5,))
+    graph = graph_from_onnx(_onnx(model, (3,)))
+    with pytest.raises(ShapeMismatchError, match=r"\(5,\).*\(3,\)"):
+        graph(torch.zeros(2, 5))
+
+
+def test_unsupported_structures() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.lin(x)
+            if bool(y.sum() > 0):
+                return y
+            return -y
+
+    with pytest.raises(UnsupportedOperatorError, match=r"aten::sum.*Branchy"):
+        graph_from_torchscript(torch.jit.script(Branchy().eval()), (3,))
+
+    class Product(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * x
+
+    with pytest.raises(UnsupportedOperatorError, match="mul of two traced tensors"):
+        graph_from_onnx(_onnx(Product().eval(), (3,)))
+    with pytest.raises(UnsupportedOperatorError, match="mul of two traced tensors"):
+        graph_from_torchscript(torch.jit.trace(Product().eval(), torch.zeros(2, 3)), (3,))
+
+    class BatchMix(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1)
+
+    with pytest.raises(UnsupportedOperatorError, match="batch dimension"):
+        graph_from_torchscript(torch.jit.trace(BatchMix().eval(), torch.zeros(2, 3)), (3,))
