@@ -6,17 +6,14 @@ each operator keeps one set of forward/interval/relaxation/Jacobian rules. Value
 
 * graph :class:`~lipbound.graph.ir.Node` objects (tensors that depend on the input, batch dimension first),
 * constant tensors (initializers, ``Constant`` nodes and everything computed only from them),
-* symbolic shape vectors :class:`SymShape` whose entries are ints or :data:`~lipbound.graph.trace.BATCH`
-  (what ``Shape`` of a traced tensor yields), so exporter shape arithmetic folds to constants.
+* symbolic shape vectors :class:`~lipbound.graph.symbolic.SymShape` whose entries are ints or
+  :data:`~lipbound.graph.trace.BATCH` (what ``Shape`` of a traced tensor yields), so exporter shape arithmetic
+  folds to constants (:mod:`lipbound.graph.symbolic`).
 
-A few ONNX operators have no registry entry of their own and are lowered here into registry ops, exactly:
-
-* ``Slice``/``Gather``/``Transpose``/``Squeeze``/``Unsqueeze`` of a traced tensor: ``y = S x`` with a 0/1 selection
-  matrix ``S`` on the flattened per-sample features (``F.linear``), then a reshape;
-* ``Concat`` of traced tensors: ``y = sum_i E_i x_i`` with embedding matrices ``E_i``;
-* ``Max``/``Min`` of two traced tensors: ``max(a, b) = b + relu(a - b)``, ``min(a, b) = a - relu(a - b)``;
-* ``TopK`` over the whole last axis (a sort): ``GroupSort`` with groups of that size on the flattened features,
-  which are exactly the sorted rows.
+ONNX operators without a registry entry of their own use the exact rebuilds of :mod:`lipbound.graph.composite`
+(which states their math): ``Slice``/``Gather`` of a traced tensor use ``select``, ``Transpose`` uses ``permute``,
+``Concat`` uses ``concat``, ``Max``/``Min`` of two traced tensors use ``maximum``/``minimum`` and ``TopK`` over the
+whole last axis (a sort) uses ``sort_last``; ``Squeeze``/``Unsqueeze``/``Reshape`` are per-sample reshapes.
 """
 
 from __future__ import annotations
@@ -40,167 +37,29 @@ from lipbound.errors import (
     UnsupportedOperatorError,
 )
 from lipbound.graph.builder import GraphBuilder
+from lipbound.graph.composite import (
+    SortIndices,
+    call,
+    concat,
+    feature_index,
+    maximum,
+    minimum,
+    permute,
+    reshape,
+    select,
+    sort_last,
+)
 from lipbound.graph.ir import Graph, Node
-from lipbound.graph.trace import BATCH, BatchDim
-from lipbound.nn.activations import GroupSort
-from lipbound.ops.catalog import REGISTRY
-
-# --------------------------------------------------------------------------------------------------------------
-# symbolic shapes and composite lowerings (shared with the TorchScript importer)
-# --------------------------------------------------------------------------------------------------------------
-
-
-class SymShape(tuple):
-    """A shape vector whose entries are ints or ``BATCH`` (the unknown batch size)."""
-
-
-def is_batch(v: Any) -> bool:
-    return isinstance(v, BatchDim)
-
-
-def sym_arith(fn: Callable[[Any, Any], Any], a: Any, b: Any, where: str) -> Any:
-    """Integer arithmetic on shape entries; arithmetic involving the batch size cannot be represented."""
-    if is_batch(a) or is_batch(b):
-        raise UnsupportedOperatorError("shape arithmetic on the batch dimension", where)
-    return fn(a, b)
-
-
-def call(fn: Any, b: GraphBuilder, *args: Any, **kwargs: Any) -> Any:
-    """Dispatch the torch call ``fn(*args, **kwargs)`` through its registry converter."""
-    conv = REGISTRY.functions.get(fn)
-    if conv is None:  # pragma: no cover - a registry entry the importers rely on is missing
-        raise UnsupportedOperatorError(getattr(fn, "__name__", str(fn)), b.origin, REGISTRY.supported())
-    return conv(b, None, args, kwargs)
-
-
-def reshape(b: GraphBuilder, x: Node, shape: tuple[int, ...]) -> Node:
-    """Reshape the per-sample part of ``x`` (batch dimension kept)."""
-    if tuple(shape) == x.shape:
-        return x
-    return call(torch.reshape, b, x, (BATCH, *shape))
-
-
-def _dtype(b: GraphBuilder, x: Node) -> dict:
-    v = b.value(x)
-    return {"dtype": v.dtype, "device": v.device}
-
-
-def select(b: GraphBuilder, x: Node, index: Tensor) -> Node:
-    """``y[k] = x.flat[index[k]]`` for a constant integer array ``index`` (per-sample output shape = its shape)."""
-    flat_index = index.reshape(-1).long()
-    if index.shape == torch.Size(x.shape) and torch.equal(flat_index, torch.arange(x.numel)):
-        return x
-    s = torch.zeros(flat_index.numel(), x.numel, **_dtype(b, x))
-    s[torch.arange(flat_index.numel()), flat_index] = 1.0
-    flat = reshape(b, x, (x.numel,))
-    y = call(F.linear, b, flat, s, None)
-    return reshape(b, y, tuple(index.shape))
-
-
-def feature_index(x: Node) -> Tensor:
-    """Flat indices of the per-sample features of ``x``, arranged in its per-sample shape."""
-    return torch.arange(x.numel).reshape(x.shape)
-
-
-def per_sample_axis(axis: int, ndim: int, where: str) -> int:
-    """Map an axis of the batched tensor (``ndim`` dims, batch first) to a per-sample axis."""
-    a = axis + ndim if axis < 0 else axis
-    if a == 0:
-        raise UnsupportedOperatorError("operation over the batch dimension", where)
-    if not 0 < a < ndim:
-        raise ShapeMismatchError(f"axis {axis} out of range for a {ndim}-d tensor at {where!r}")
-    return a - 1
-
-
-def concat(b: GraphBuilder, xs: list[Node], axis: int) -> Node:
-    """Concatenate traced tensors along per-sample ``axis``: ``y = sum_i E_i x_i`` (exact)."""
-    ref = xs[0].shape
-    for x in xs:
-        if len(x.shape) != len(ref) or any(x.shape[d] != ref[d] for d in range(len(ref)) if d != axis):
-            raise ShapeMismatchError(f"concat at {b.origin!r}: shapes {[x.shape for x in xs]} do not match")
-    out_shape = list(ref)
-    out_shape[axis] = sum(x.shape[axis] for x in xs)
-    positions = torch.arange(math.prod(out_shape)).reshape(out_shape)
-    total = None
-    offset = 0
-    for x in xs:
-        part = positions.narrow(axis, offset, x.shape[axis]).reshape(-1)
-        offset += x.shape[axis]
-        e = torch.zeros(positions.numel(), x.numel, **_dtype(b, x))
-        e[part, torch.arange(x.numel)] = 1.0
-        y = call(F.linear, b, reshape(b, x, (x.numel,)), e, None)
-        total = y if total is None else call(operator.add, b, total, y)
-    assert total is not None
-    return reshape(b, total, tuple(out_shape))
-
-
-def maximum(b: GraphBuilder, x: Node, y: Node, cache: dict | None = None) -> Node:
-    """``max(x, y) = y + relu(x - y)`` (exact; the Clarke derivative at ties covers both selections)."""
-    return call(operator.add, b, y, _relu_diff(b, x, y, cache))
-
-
-def minimum(b: GraphBuilder, x: Node, y: Node, cache: dict | None = None) -> Node:
-    """``min(x, y) = x - relu(x - y)``."""
-    return call(operator.sub, b, x, _relu_diff(b, x, y, cache))
-
-
-def _relu_diff(b: GraphBuilder, x: Node, y: Node, cache: dict | None) -> Node:
-    key = (id(x), id(y))
-    if cache is not None and key in cache:
-        return cache[key]
-    if x.shape != y.shape:
-        raise UnsupportedOperatorError("max/min with broadcasting", b.origin, hint=f"shapes {x.shape}, {y.shape}")
-    r = call(torch.relu, b, call(operator.sub, b, x, y))
-    if cache is not None:
-        cache[key] = r
-    return r
-
-
-def sort_last(b: GraphBuilder, x: Node, descending: bool = True) -> Node:
-    """Sort along the last per-sample axis: ``GroupSort`` with groups of that size on the flattened features."""
-    if not x.shape:
-        raise ShapeMismatchError(f"sort at {b.origin!r} needs a per-sample axis")
-    g = x.shape[-1]
-    if g == 1:
-        return x
-    src = x if descending else call(operator.neg, b, x)
-    flat = reshape(b, src, (x.numel,))
-    y = REGISTRY.modules[GroupSort](b, GroupSort(g, "consecutive"), (flat,), {})
-    y = reshape(b, y, x.shape)
-    return y if descending else call(operator.neg, b, y)
-
-
-def resolve_reshape(x: Node, target: list[Any], where: str, allow_zero: bool = False) -> tuple[int, ...]:
-    """Per-sample target shape of a batched reshape whose first entry stands for the batch dimension.
-
-    The first entry may be ``BATCH``, ``0`` (ONNX: copy), ``-1`` or a fixed export-time batch size; the rest may
-    contain one ``-1`` and (ONNX, ``allow_zero``) zeros copying the input's dimension.
-    """
-    if not target:
-        raise ShapeMismatchError(f"empty target shape at {where!r}")
-    rest = list(target[1:])
-    if any(is_batch(s) for s in rest):
-        raise UnsupportedOperatorError("reshape that moves the batch dimension", where)
-    full = (None, *x.shape)
-    rest = [int(full[i + 1]) if (s == 0 and allow_zero and i + 1 < len(full)) else int(s) for i, s in enumerate(rest)]
-    if rest.count(-1) > 1:
-        raise ShapeMismatchError(f"more than one -1 in reshape at {where!r}")
-    if -1 in rest:
-        known = math.prod(s for s in rest if s != -1)
-        if known == 0 or x.numel % known:
-            raise ShapeMismatchError(f"cannot reshape {x.shape} to {target} at {where!r}")
-        rest[rest.index(-1)] = x.numel // known
-    head = target[0]
-    if math.prod(rest) != x.numel:
-        if is_batch(head) or head == 0:
-            raise ShapeMismatchError(f"cannot reshape per-sample shape {x.shape} to {tuple(rest)} at {where!r}")
-        raise UnsupportedOperatorError(
-            "reshape that mixes the batch dimension",
-            where,
-            hint=f"target {list(target)} does not keep the {x.numel} per-sample features together",
-        )
-    return tuple(rest)
-
+from lipbound.graph.symbolic import (
+    SymShape,
+    is_batch,
+    is_full_range,
+    per_sample_axis,
+    resolve_reshape,
+    scalar,
+    sym_arith,
+)
+from lipbound.graph.trace import BATCH
 
 # --------------------------------------------------------------------------------------------------------------
 # ONNX reading
@@ -392,12 +251,6 @@ def _any_sym(args: list[Any]) -> bool:
     return any(isinstance(a, SymShape) or is_batch(a) for a in args)
 
 
-def _scalar(v: Any) -> Any:
-    if isinstance(v, Tensor) and v.numel() == 1:
-        return v.reshape(()).item()
-    return v
-
-
 # -- linear layers ---------------------------------------------------------------------------------------------
 
 
@@ -526,7 +379,7 @@ def _leaky(imp: _OnnxImporter, args, at):
 
 @_op("Identity", "Dropout")
 def _identity(imp: _OnnxImporter, args, at):
-    if len(args) > 2 and args[2] is not None and bool(_scalar(imp.const(args[2], "Dropout training_mode"))):
+    if len(args) > 2 and args[2] is not None and bool(scalar(imp.const(args[2], "Dropout training_mode"))):
         raise InvalidModelError(f"Dropout at {imp.where!r} is in training mode; export in eval mode")
     return args[0]
 
@@ -540,7 +393,7 @@ def _binary(fn: Any, torch_fn: Any) -> Handler:
         if _any_node(args):
             return call(fn, imp.b, a, c)
         if _any_sym(args):
-            return sym_arith(fn, _scalar(a), _scalar(c), imp.where)
+            return sym_arith(fn, scalar(a), scalar(c), imp.where)
         return torch_fn(a, c)
 
     return handler
@@ -557,7 +410,7 @@ def _div(imp: _OnnxImporter, args, at):
     if _any_node(args):
         return call(operator.truediv, imp.b, a, c)
     if _any_sym(args):
-        return sym_arith(operator.floordiv, _scalar(a), _scalar(c), imp.where)
+        return sym_arith(operator.floordiv, scalar(a), scalar(c), imp.where)
     if not a.is_floating_point() and not c.is_floating_point():
         return torch.div(a, c, rounding_mode="trunc")
     return a / c
@@ -771,14 +624,10 @@ def _slice(imp: _OnnxImporter, args, at):
         index[a % nd] = slice(s, e, st)
     if not isinstance(x, Node):
         return x[tuple(index)]
-    if index[0] != slice(None) and index[0] != slice(0, None, 1) and not _full(index[0]):
+    if not is_full_range(index[0].start, index[0].stop, index[0].step):
         raise UnsupportedOperatorError("ONNX Slice of the batch dimension", imp.where)
     pos = feature_index(x)[tuple(index[1:])]
     return select(imp.b, x, pos)
-
-
-def _full(s: slice) -> bool:
-    return (s.start in (None, 0)) and (s.stop is None or s.stop >= 2**62) and (s.step in (None, 1))
 
 
 @_op("Transpose")
@@ -790,12 +639,12 @@ def _transpose(imp: _OnnxImporter, args, at):
         return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
     if perm is None or perm[0] != 0:
         raise UnsupportedOperatorError("ONNX Transpose that moves the batch dimension", imp.where)
-    return select(imp.b, x, feature_index(x).permute(*[p - 1 for p in perm[1:]]))
+    return permute(imp.b, x, [p - 1 for p in perm[1:]])
 
 
 @_op("TopK")
 def _topk(imp: _OnnxImporter, args, at):
-    x, k = args[0], _scalar(imp.const(args[1], "TopK k"))
+    x, k = args[0], scalar(imp.const(args[1], "TopK k"))
     if not isinstance(x, Node):
         raise UnsupportedOperatorError("ONNX TopK of a constant", imp.where)
     axis = per_sample_axis(int(at.get("axis", -1)), len(x.shape) + 1, imp.where)
@@ -803,14 +652,7 @@ def _topk(imp: _OnnxImporter, args, at):
         raise UnsupportedOperatorError(
             "ONNX TopK", imp.where, hint="only a full sort along the last axis (k = axis size) is supported"
         )
-    return [sort_last(imp.b, x, descending=bool(at.get("largest", 1))), _IndicesUnsupported(imp.where)]
-
-
-class _IndicesUnsupported:
-    """Stands for TopK's index output; using it is an error."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
+    return [sort_last(imp.b, x, descending=bool(at.get("largest", 1))), SortIndices(imp.where)]
 
 
 def _wrap_indices_check() -> None:
@@ -819,7 +661,7 @@ def _wrap_indices_check() -> None:
 
         def checked(imp: _OnnxImporter, args, at, _fn=fn, _name=name):
             for a in args:
-                if isinstance(a, _IndicesUnsupported):
+                if isinstance(a, SortIndices):
                     raise UnsupportedOperatorError("ONNX TopK indices output", a.where, hint=f"used by {_name}")
             return _fn(imp, args, at)
 

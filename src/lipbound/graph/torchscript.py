@@ -7,8 +7,9 @@ conditions known at import time (``self.training``, shape checks), which holds f
 
 Every aten op on a traced tensor is translated into the equivalent torch call and dispatched through the
 converters of :data:`~lipbound.ops.registry.REGISTRY` (the same ones ``torch.fx`` tracing uses); slices,
-concatenation, ``maximum``/``minimum`` and sorts use the exact lowerings of :mod:`lipbound.graph.onnx_import`.
-Everything that does not depend on the input (shape arithmetic, constants, weight transposes) is evaluated.
+transposes, concatenation, ``maximum``/``minimum`` and sorts use the exact rebuilds of
+:mod:`lipbound.graph.composite`. Everything that does not depend on the input (shape arithmetic, constants, weight
+transposes) is evaluated, with the batch size kept symbolic (:mod:`lipbound.graph.symbolic`).
 """
 
 from __future__ import annotations
@@ -23,21 +24,20 @@ from torch import Tensor
 
 from lipbound.errors import InvalidModelError, ShapeMismatchError, UnsupportedOperatorError
 from lipbound.graph.builder import GraphBuilder
-from lipbound.graph.ir import Graph, Node
-from lipbound.graph.onnx_import import (
+from lipbound.graph.composite import (
+    SortIndices,
     call,
     concat,
     feature_index,
-    is_batch,
     maximum,
     minimum,
-    per_sample_axis,
+    permute,
     reshape,
-    resolve_reshape,
     select,
     sort_last,
-    sym_arith,
 )
+from lipbound.graph.ir import Graph, Node
+from lipbound.graph.symbolic import is_batch, is_full_range, per_sample_axis, resolve_reshape, scalar, sym_arith
 from lipbound.graph.trace import BATCH, check_against
 from lipbound.ops.catalog import REGISTRY
 
@@ -296,30 +296,26 @@ def _flat(args: list[Any]) -> list[Any]:
     return out
 
 
-def _num(v: Any) -> Any:
-    return v.item() if isinstance(v, Tensor) and v.numel() == 1 else v
-
-
 def _py_div(a: Any, b: Any) -> Any:
-    return _num(a) / _num(b)
+    return scalar(a) / scalar(b)
 
 
 _PY_OPS: dict[str, Callable[..., Any]] = {
     "aten::__getitem__": lambda a, i: a[i],
     "aten::len": len,
-    "aten::eq": lambda a, b: _num(a) == _num(b),
-    "aten::ne": lambda a, b: _num(a) != _num(b),
-    "aten::lt": lambda a, b: _num(a) < _num(b),
-    "aten::gt": lambda a, b: _num(a) > _num(b),
-    "aten::le": lambda a, b: _num(a) <= _num(b),
-    "aten::ge": lambda a, b: _num(a) >= _num(b),
+    "aten::eq": lambda a, b: scalar(a) == scalar(b),
+    "aten::ne": lambda a, b: scalar(a) != scalar(b),
+    "aten::lt": lambda a, b: scalar(a) < scalar(b),
+    "aten::gt": lambda a, b: scalar(a) > scalar(b),
+    "aten::le": lambda a, b: scalar(a) <= scalar(b),
+    "aten::ge": lambda a, b: scalar(a) >= scalar(b),
     "aten::__not__": operator.not_,
     "aten::__and__": lambda a, b: a and b,
     "aten::__or__": lambda a, b: a or b,
     "aten::__is__": operator.is_,
     "aten::__isnot__": operator.is_not,
-    "aten::floordiv": lambda a, b: _num(a) // _num(b),
-    "aten::floor_divide": lambda a, b: _num(a) // _num(b),
+    "aten::floordiv": lambda a, b: scalar(a) // scalar(b),
+    "aten::floor_divide": lambda a, b: scalar(a) // scalar(b),
     "aten::format": lambda fmt, *a: fmt.format(*a),
     "aten::str": str,
     "prim::max": lambda *a: max(a) if len(a) > 1 else max(a[0]),
@@ -405,26 +401,26 @@ for _n, _f in (("relu", torch.relu), ("tanh", torch.tanh), ("sigmoid", torch.sig
 
 @_aten("aten::leaky_relu", "aten::leaky_relu_")
 def _leaky(it: _Interpreter, a: list[Any]) -> Any:
-    return call(F.leaky_relu, it.b, a[0], float(_num(_arg(a, 1, 0.01))))
+    return call(F.leaky_relu, it.b, a[0], float(scalar(_arg(a, 1, 0.01))))
 
 
 @_aten("aten::add", "aten::add_")
 def _add(it: _Interpreter, a: list[Any]) -> Any:
     return (
         call(operator.add, it.b, a[0], a[1])
-        if _num(_arg(a, 2, 1)) == 1
-        else call(torch.add, it.b, a[0], a[1], alpha=_num(a[2]))
+        if scalar(_arg(a, 2, 1)) == 1
+        else call(torch.add, it.b, a[0], a[1], alpha=scalar(a[2]))
     )
 
 
 @_aten("aten::sub", "aten::sub_")
 def _sub(it: _Interpreter, a: list[Any]) -> Any:
-    return call(torch.sub, it.b, a[0], a[1], alpha=_num(_arg(a, 2, 1)))
+    return call(torch.sub, it.b, a[0], a[1], alpha=scalar(_arg(a, 2, 1)))
 
 
 @_aten("aten::rsub")
 def _rsub(it: _Interpreter, a: list[Any]) -> Any:  # other - alpha * self
-    return call(torch.sub, it.b, a[1], a[0], alpha=_num(_arg(a, 2, 1)))
+    return call(torch.sub, it.b, a[1], a[0], alpha=scalar(_arg(a, 2, 1)))
 
 
 @_aten("aten::mul", "aten::mul_")
@@ -489,7 +485,7 @@ def _avg_pool2d(it: _Interpreter, a: list[Any]) -> Any:
 
 @_aten("aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout")
 def _dropout(it: _Interpreter, a: list[Any]) -> Any:
-    return call(F.dropout, it.b, a[0], _num(a[1]), bool(a[2]))
+    return call(F.dropout, it.b, a[0], scalar(a[1]), bool(a[2]))
 
 
 @_aten("aten::contiguous", "aten::detach", "aten::clone")
@@ -512,9 +508,8 @@ def _dim(it: _Interpreter, a: list[Any]) -> Any:
 def _slice(it: _Interpreter, a: list[Any]) -> Any:
     x, dim, start, end, step = a[0], _arg(a, 1, 0), _arg(a, 2), _arg(a, 3), _arg(a, 4, 1)
     nd = len(x.shape) + 1
-    full = start in (None, 0) and (end is None or end >= 2**62) and step == 1
     if dim % nd == 0:
-        if full:
+        if is_full_range(start, end, step):
             return x
         raise UnsupportedOperatorError("aten::slice of the batch dimension", it.where)
     ax = per_sample_axis(dim, nd, it.where)
@@ -538,18 +533,20 @@ def _cat(it: _Interpreter, a: list[Any]) -> Any:
     return concat(it.b, xs, per_sample_axis(dim, len(xs[0].shape) + 1, it.where))
 
 
-@_aten("aten::maximum", "aten::max")
-def _maximum(it: _Interpreter, a: list[Any]) -> Any:
-    if len(a) != 2 or not all(isinstance(x, Node) for x in a):
-        raise UnsupportedOperatorError("aten::max", it.where, hint="only the elementwise max of two traced tensors")
-    return maximum(it.b, a[0], a[1], it.cache)
+def _maxmin(is_max: bool) -> AtenHandler:
+    name, rebuild = ("max", maximum) if is_max else ("min", minimum)
+
+    def handler(it: _Interpreter, a: list[Any]) -> Any:
+        if len(a) != 2 or not all(isinstance(x, Node) for x in a):
+            hint = f"only the elementwise {name} of two traced tensors"
+            raise UnsupportedOperatorError(f"aten::{name}", it.where, hint=hint)
+        return rebuild(it.b, a[0], a[1], it.cache)
+
+    return handler
 
 
-@_aten("aten::minimum", "aten::min")
-def _minimum(it: _Interpreter, a: list[Any]) -> Any:
-    if len(a) != 2 or not all(isinstance(x, Node) for x in a):
-        raise UnsupportedOperatorError("aten::min", it.where, hint="only the elementwise min of two traced tensors")
-    return minimum(it.b, a[0], a[1], it.cache)
+_aten("aten::maximum", "aten::max")(_maxmin(True))
+_aten("aten::minimum", "aten::min")(_maxmin(False))
 
 
 @_aten("aten::sort")
@@ -559,14 +556,7 @@ def _sort(it: _Interpreter, a: list[Any]) -> Any:
     dim, desc = (a[1], a[2]) if not isinstance(a[1], (bool, type(None))) else (a[2], a[3])
     if per_sample_axis(dim, len(x.shape) + 1, it.where) != len(x.shape) - 1:
         raise UnsupportedOperatorError("aten::sort", it.where, hint="only along the last axis")
-    return [sort_last(it.b, x, descending=bool(desc)), _Indices(it.where)]
-
-
-class _Indices:
-    """Stands for the index output of a sort; it has no bound rules."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
+    return [sort_last(it.b, x, descending=bool(desc)), SortIndices(it.where)]
 
 
 @_aten("aten::t", "aten::transpose", "aten::permute")
@@ -583,4 +573,4 @@ def _permute(it: _Interpreter, a: list[Any]) -> Any:
         raise UnsupportedOperatorError("aten::t of a traced tensor", it.where)
     if perm[0] != 0:
         raise UnsupportedOperatorError("a transpose that moves the batch dimension", it.where)
-    return select(it.b, x, feature_index(x).permute(*[p - 1 for p in perm[1:]]))
+    return permute(it.b, x, [p - 1 for p in perm[1:]])
