@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lipbound.engine.crown import backsubstitute
 from lipbound.engine.forward import bound_nodes, optimized_backsubstitute, outward
-from lipbound.engine.jacobian import build_jacobian_graph
+from lipbound.engine.jacobian import GatedProduct, build_jacobian_graph
 from lipbound.errors import InvalidInputError, InvalidModelError, ShapeMismatchError
 from lipbound.graph.ir import Graph
 from lipbound.graph.trace import trace
@@ -185,7 +185,8 @@ def _norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str, optimize:
         slope, icpt = l + u, -l * u
     lam = slope.unsqueeze(1)
     if optimize:
-        _, up = optimized_backsubstitute(back, g_x, lam, bounds, box, steps=steps)
+        gates = {id(n) for n in back.nodes if isinstance(n.op, GatedProduct)}
+        _, up = optimized_backsubstitute(back, g_x, lam, bounds, box, steps=steps, only=gates)
     else:
         _, up = backsubstitute(back, g_x, lam, bounds, box)
     value = up[:, 0] + icpt.reshape(icpt.shape[0], -1).sum(1)

@@ -132,6 +132,12 @@ def bound_nodes(
     return _optimized(ctx, steps, lr)
 
 
+def forward_bounds(graph: Graph, x_lower: Tensor, x_upper: Tensor, method: str = "crown", optimize: bool = False):
+    """Bounds of every pre-activation (input of an activation) of ``graph`` over the box; alias of
+    :func:`bound_nodes` without extra targets."""
+    return bound_nodes(graph, x_lower, x_upper, method, optimize=optimize)
+
+
 class _Context:
     """Everything one (sequential) CROWN pass over a graph needs."""
 
@@ -140,6 +146,11 @@ class _Context:
         self.fixed, self.extra_ids = fixed, extra_ids
         self.cons = _consumers(graph)
         self.rows: dict[int, Tensor] | None = None
+        # optimise only the parameters of relaxed nodes whose input bounds are being computed here
+        # (nodes with known input bounds -- e.g. the forward part of a Jacobian graph -- keep their defaults)
+        self.alpha_nodes = {
+            id(n) for n in graph.nodes if isinstance(n.op, ElementwiseOp) and id(n.inputs[-1]) not in fixed
+        }
 
     def rows_of(self, t: Node, current: Bounds, bounds: dict[int, Bounds]) -> Tensor:
         mask = _needed(t, current, bounds, self.cons, self.extra_ids)
@@ -175,10 +186,15 @@ class _Context:
         return bounds, raw
 
 
-def init_alphas(graph: Graph, target: Node, rows: int, bounds: dict[int, Bounds]) -> Alphas:
-    """Free parameters (upper pass, lower pass) of shape (B, rows, *shape) for every alpha-op upstream of target."""
+def init_alphas(
+    graph: Graph, target: Node, rows: int, bounds: dict[int, Bounds], only: set[int] | None = None
+) -> Alphas:
+    """Free parameters (upper pass, lower pass) of shape (B, rows, *shape) for every alpha-op upstream of target
+    (restricted to the node ids in ``only`` if given)."""
     per: Alphas = {}
     for n in graph.ancestors(target):
+        if only is not None and id(n) not in only:
+            continue
         if isinstance(n.op, ElementwiseOp) and n.op.has_alpha and n is not target:
             l, u = bounds[id(n.inputs[0])]
             a0 = n.op.default_alpha(l, u).unsqueeze(1).expand(l.shape[0], rows, *n.shape)
@@ -190,7 +206,9 @@ def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
     with torch.no_grad():
         best, _ = ctx.run(None)
     ctx.rows = {id(t): ctx.rows_of(t, best[id(t)], best) for t in ctx.targets}
-    alphas = {id(t): init_alphas(ctx.graph, t, int(ctx.rows[id(t)].numel()), best) for t in ctx.targets}
+    alphas = {
+        id(t): init_alphas(ctx.graph, t, int(ctx.rows[id(t)].numel()), best, ctx.alpha_nodes) for t in ctx.targets
+    }
     params = [a for per in alphas.values() for pair in per.values() for a in pair]
     if not params:
         return best
@@ -220,14 +238,15 @@ def optimized_backsubstitute(
     box: Bounds,
     steps: int = 30,
     lr: float = 0.25,
+    only: set[int] | None = None,
 ) -> Bounds:
-    """``backsubstitute`` with its free parameters optimised for the UPPER bound of ``<lam, target>``.
+    """``backsubstitute`` with its free parameters (of the nodes in ``only``, default all) optimised for the UPPER bound of ``<lam, target>``.
 
     Returns the best (elementwise smallest) upper bound and largest lower bound seen over the iterations.
     """
     with torch.no_grad():
         lo, up = backsubstitute(graph, target, lam, bounds, box)
-    per = init_alphas(graph, target, lam.shape[1], bounds)
+    per = init_alphas(graph, target, lam.shape[1], bounds, only)
     params = [a for pair in per.values() for a in pair]
     if not params:
         return lo, up

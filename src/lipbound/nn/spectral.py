@@ -33,19 +33,17 @@ from lipbound.global_bounds.norms import conv_operator_norm_upper, conv_spec, ma
 def layer_operator_norm_upper(module: nn.Module, input_shape: tuple[int, ...] | None = None, weight=None) -> float:
     """Certified l2 operator norm of an ``nn.Linear`` or ``nn.Conv2d`` (``input_shape`` ``(C, H, W)`` or ``(H, W)``
     required for convolutions). ``weight`` overrides the module's weight (used by the parametrisation)."""
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        raise UnsupportedOperatorError(type(module).__name__, "certified_spectral_norm", ["Linear", "Conv2d"])
     w = (module.weight if weight is None else weight).detach()
     if isinstance(module, nn.Linear):
         return matrix_norm_upper(w, 2)
-    if isinstance(module, nn.Conv2d):
-        if input_shape is None:
-            raise InvalidInputError(
-                f"the operator norm of {module} depends on the input size: pass input_shape=(C, H, W)"
-            )
-        spec = conv_spec(module, input_shape)
-        return conv_operator_norm_upper(
-            w, spec.in_shape, spec.stride, spec.padding, spec.dilation, spec.groups, padding_mode=spec.padding_mode
-        )
-    raise UnsupportedOperatorError(type(module).__name__, "certified_spectral_norm", ["Linear", "Conv2d"])
+    if input_shape is None:
+        raise InvalidInputError(f"the operator norm of {module} depends on the input size: pass input_shape=(C, H, W)")
+    spec = conv_spec(module, input_shape)
+    return conv_operator_norm_upper(
+        w, spec.in_shape, spec.stride, spec.padding, spec.dilation, spec.groups, padding_mode=spec.padding_mode
+    )
 
 
 def _scale_factor(sigma: float, max_norm: float) -> float:
@@ -119,7 +117,7 @@ class CertifiedSpectralNorm(nn.Module):
         with torch.no_grad():
             wd = w.detach()
             v = self._v
-            for _ in range(self.n_power_iterations):
+            for _ in range(self.n_power_iterations if self.training else 0):
                 x = v.clone().requires_grad_(True)
                 with torch.enable_grad():
                     y = self._apply_op(wd, x)

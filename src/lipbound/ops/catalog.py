@@ -5,6 +5,7 @@ from lipbound.ops import (  # noqa: F401  (imported for registration)
     avgpool,
     batchnorm,
     conv,
+    householder,
     identity,
     leaky_relu,
     linear,

@@ -1,0 +1,1 @@
+"""Shipped weights and sample inputs of the bundled models (see ``lipbound.models``)."""

@@ -1,0 +1,218 @@
+"""``global_lipschitz``: one entry point for every certified global Lipschitz upper bound.
+
+Methods and guarantees (every reported ``upper`` is a certified upper bound of the global Lipschitz constant
+``sup ||f(x) - f(y)|| / ||x - y||`` in the chosen norm, for inputs of any value):
+
+* ``product``       product of certified layer operator norms (any 1-Lipschitz activations).
+* ``liplt``         LipLT recursion (ReLU-type nets).
+* ``eclipse-fast``  ECLipsE-Fast closed-form recursion (ReLU-type nets, l2).
+* ``lipsdp-layer``  LipSDP with one multiplier per layer (slope-restricted activations, l2).
+* ``lipsdp-neuron`` LipSDP with one multiplier per neuron (slope-restricted activations, l2).
+* ``lipsdp-nsr``    LipSDP-NSR chain (GroupSort/MaxMin/Householder and 1-Lipschitz entrywise activations, plain
+                    and residual ``x + s(W x)`` blocks, l2 and l_inf).
+* ``auto``          the tightest of the methods predicted to fit the size/time budget (``details["chosen"]``).
+
+LipSDP-Network (neuron couplings) is never offered: it is not a valid bound for repeated ReLU.
+SDP methods certify the solver's multipliers in float64 (see :mod:`lipbound.global_bounds.certify`) and report
+that value; the raw solver value is kept in ``details`` for reference only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lipbound.errors import InvalidInputError, SolverError, UnsupportedOperatorError
+from lipbound.global_bounds.network import LayeredNetwork, extract
+
+METHODS = ("product", "liplt", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr")
+SDP_METHODS = ("lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr")
+#: LMI rows above which an SDP method is predicted to exceed the default budget (2-core CPU, SCS)
+MAX_LMI_ROWS = {"lipsdp-neuron": 700, "lipsdp-layer": 900, "lipsdp-nsr": 260}
+
+
+@dataclass
+class GlobalResult:
+    """A certified global Lipschitz upper bound."""
+
+    upper: float
+    method: str
+    seconds: float
+    norm: str = "2"
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "upper": self.upper,
+            "method": self.method,
+            "seconds": self.seconds,
+            "norm": self.norm,
+            "details": _jsonable(self.details),
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def parse_norm(norm: Any) -> str:
+    """``2``/``"2"``/``"l2"`` -> ``"2"``; ``"inf"``/``math.inf``/``"linf"`` -> ``"inf"``."""
+    s = str(norm).strip().lower()
+    if s in ("2", "2.0", "l2"):
+        return "2"
+    if s in ("inf", "linf", "l_inf", "infinity"):
+        return "inf"
+    raise InvalidInputError(f"norm must be 2 or 'inf', got {norm!r}")
+
+
+def applicable(net: LayeredNetwork, norm: str) -> dict[str, str | None]:
+    """For each method, ``None`` if it applies to ``net`` in ``norm``, else the reason it does not."""
+    slope = all(a.slope is not None for a in net.activations)
+    relu_like = all(a.kind in ("relu", "leaky_relu", "identity") for a in net.activations)
+    plain = not any(net.residual)
+    one_lip = all(a.slope is None or max(abs(a.slope[0]), abs(a.slope[1])) <= 1 for a in net.activations)
+    out: dict[str, str | None] = {}
+    out["product"] = None if one_lip or slope else "needs 1-Lipschitz or slope-restricted activations"
+    out["liplt"] = None if relu_like and plain else "ReLU-type plain networks only"
+    out["eclipse-fast"] = None if relu_like and plain and norm == "2" else "ReLU-type plain networks, l2 only"
+    sdp = None if slope and plain and norm == "2" else "slope-restricted activations, plain network, l2 only"
+    out["lipsdp-layer"] = out["lipsdp-neuron"] = sdp
+    out["lipsdp-nsr"] = None
+    return out
+
+
+def lmi_rows(net: LayeredNetwork, method: str) -> int:
+    """Size of the largest/whole LMI the method solves (used to predict whether it fits the budget)."""
+    dims = net.dims
+    if method in ("lipsdp-layer", "lipsdp-neuron"):
+        return min(dims[0], dims[1]) + sum(dims[1:-1])
+    if method == "lipsdp-nsr":
+        return max(2 * d if r else d for d, r in zip(dims[1:-1], net.residual, strict=True)) if net.depth else 0
+    return 0
+
+
+def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
+    if method in ("product", "liplt", "eclipse-fast"):
+        from lipbound.global_bounds import baselines
+
+        fn = {
+            "product": lambda: baselines.product_bound(net, norm),
+            "liplt": lambda: baselines.liplt_bound(net, norm),
+            "eclipse-fast": lambda: baselines.eclipse_fast_bound(net),
+        }[method]
+        res = fn()
+        det = dict(getattr(res, "details", {}) or {})
+        return {"upper": float(res.upper), "status": det.pop("status", "closed form"), **det}
+    if method in ("lipsdp-layer", "lipsdp-neuron"):
+        from lipbound.global_bounds.lipsdp import lipsdp_bound
+
+        return lipsdp_bound(net, method.split("-")[1], solver, time_budget)
+    from lipbound.global_bounds.nsr import nsr_bound
+
+    return nsr_bound(net, norm, solver, time_budget)
+
+
+FALLBACK = {"lipsdp-neuron": "lipsdp-layer", "lipsdp-layer": "product", "lipsdp-nsr": "product"}
+
+
+def global_lipschitz(
+    model: Any,
+    norm: Any = 2,
+    method: str = "auto",
+    input_shape: tuple[int, ...] | None = None,
+    solver: str | None = None,
+    time_budget: float | None = None,
+) -> GlobalResult:
+    """Certified global Lipschitz upper bound of ``model`` (nn.Module, lipbound Graph or LayeredNetwork).
+
+    ``norm``: 2 or "inf" (same norm on input and output). ``method``: one of :data:`METHODS` or "auto".
+    ``solver``: "scs" (default), "clarabel" or "mosek" for the SDP methods. ``time_budget``: seconds per solver
+    run (and the budget "auto" plans with). If an SDP solver fails, the next method (neuron -> layer -> product,
+    nsr -> product) is used and ``details["fallbacks"]`` says so.
+    """
+    t0 = time.perf_counter()
+    norm = parse_norm(norm)
+    method = str(method).lower()
+    if method == "lipsdp-network":
+        raise InvalidInputError(
+            "LipSDP-Network is not offered: its neuron-coupling multipliers are not valid for repeated ReLU; "
+            "use 'lipsdp-neuron'"
+        )
+    if method != "auto" and method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; choose one of {(*METHODS, 'auto')}")
+    net = extract(model, input_shape)
+    ok = applicable(net, norm)
+    if method == "auto":
+        return _auto(net, norm, ok, solver, time_budget, t0)
+    if ok[method] is not None:
+        if method in ("lipsdp-layer", "lipsdp-neuron"):
+            from lipbound.global_bounds.lipsdp import check_lipsdp
+
+            check_lipsdp(net, norm)  # raises the specific error
+        raise UnsupportedOperatorError(method, "model", hint=ok[method])
+    details: dict = {"fallbacks": []}
+    current = method
+    while True:
+        try:
+            out = _run(current, net, norm, solver, time_budget)
+        except (ArithmeticError, SolverError) as e:
+            out = {"upper": math.inf, "status": f"error: {e}"}
+        if math.isfinite(out.get("upper", math.inf)):
+            break
+        nxt = FALLBACK.get(current)
+        if nxt is None:
+            raise SolverError(f"{current} failed ({out.get('status')}) and no fallback is left")
+        details["fallbacks"].append(f"{current} failed ({out.get('status')}); using {nxt}")
+        current = nxt
+    details.update({k: v for k, v in out.items() if k != "upper" and not k.startswith("_")})
+    details["requested"] = method
+    return GlobalResult(out["upper"], current, time.perf_counter() - t0, norm, details)
+
+
+def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
+    order = ["product", "liplt", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr"]
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for m in order:
+        if ok[m] is not None:
+            continue
+        if m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
+            skipped[m] = f"LMI of {lmi_rows(net, m)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
+            continue
+        neuron_fits = ok["lipsdp-neuron"] is None and lmi_rows(net, "lipsdp-neuron") <= MAX_LMI_ROWS["lipsdp-neuron"]
+        if m == "lipsdp-layer" and neuron_fits:
+            continue  # neuron dominates layer
+        if m == "lipsdp-nsr" and neuron_fits:
+            continue  # on slope-restricted nets LipSDP-Neuron uses more information than the NSR chain
+        try:
+            out = _run(m, net, norm, solver, time_budget)
+        except (ImportError, AttributeError) as e:  # baselines module missing
+            skipped[m] = f"unavailable: {e}"
+            continue
+        except (ArithmeticError, SolverError) as e:
+            out = {"upper": math.inf, "status": f"error: {e}"}
+        results[m] = out
+    finite = {m: r for m, r in results.items() if math.isfinite(r.get("upper", math.inf))}
+    if not finite:
+        raise SolverError(f"no method produced a bound (skipped: {skipped})")
+    best = min(finite, key=lambda m: finite[m]["upper"])
+    details = {k: v for k, v in finite[best].items() if k != "upper" and not k.startswith("_")}
+    details.update(
+        {
+            "chosen": best,
+            "candidates": {m: r.get("upper") for m, r in results.items()},
+            "skipped": skipped,
+            "fallbacks": [f"{m} failed ({r.get('status')})" for m, r in results.items() if m not in finite],
+        }
+    )
+    return GlobalResult(finite[best]["upper"], best, time.perf_counter() - t0, norm, details)

@@ -1,0 +1,222 @@
+"""LipSDP-Neuron and LipSDP-Layer (l2, slope-restricted activations), certified in float64.
+
+Network ``h_0 = x``, ``h_k = s(W_{k-1} h_{k-1})`` (k = 1..L), ``f = W_L h_L``; every activation is slope-restricted
+in ``[alpha_k, beta_k]``. With ``T_k = diag(lambda_k)`` (Neuron, ``lambda_k >= 0`` per neuron) or
+``T_k = lambda_k I`` (Layer), the block-tridiagonal matrix over ``(dx, dh_1, ..., dh_L)``
+
+    M(rho, T)[0, 0]   = rho I + 2 alpha_1 beta_1 W_0^T T_1 W_0
+    M[k, k]           = 2 T_k + 2 alpha_{k+1} beta_{k+1} W_k^T T_{k+1} W_k         (1 <= k < L)
+    M[L, L]           = 2 T_L - W_L^T W_L
+    M[k-1, k]         = -(alpha_k + beta_k) W_{k-1}^T T_k
+
+is PSD only if ``||f(x) - f(y)||^2 <= rho ||x - y||^2`` (S-procedure on the slope QCs), so ``L2 <= sqrt(rho)``.
+LipSDP-Network (couplings between neurons) is deliberately not offered: it is invalid for repeated ReLU.
+
+Exact reductions applied before solving: the first layer ``W_0`` (n_1 x n_0, n_0 > n_1) is replaced by ``W_0 V``
+(thin SVD, ``V`` with orthonormal columns), the last by ``Sigma V^T`` if it has more rows than columns; layers are
+divided by powers of two (exact in floating point) to unit-order norm: the first and last always (any network),
+inner layers only across positively homogeneous activations (ReLU, LeakyReLU, identity). The certified bound is
+``sqrt(rho_cert) * prod(scales)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipbound.errors import InvalidInputError, UnsupportedOperatorError
+from lipbound.global_bounds.certify import certified_product, certified_sqrt, is_psd_certified, solve_problem
+from lipbound.global_bounds.network import LayeredNetwork
+
+HOMOGENEOUS = ("relu", "leaky_relu", "identity")
+
+
+@dataclass
+class Prepared:
+    """Reduced, rescaled float64 weights; the Lipschitz constant of the original is ``scale`` times theirs."""
+
+    weights: list[np.ndarray]
+    scale: float
+
+
+def pow2(x: float) -> float:
+    """The power of two nearest to ``x > 0`` (division by it is exact)."""
+    return 2.0 ** round(math.log2(x)) if x > 0 else 1.0
+
+
+def prepare(
+    net: LayeredNetwork, homogeneous: list[bool], reduce: bool = True, residual: list[bool] | None = None
+) -> Prepared:
+    """Optionally SVD-reduce the first/last layers (l2 only) and rescale by powers of two (see module doc).
+
+    ``homogeneous[k]`` says whether activation ``k`` commutes with positive scaling. A weight is rescaled only if
+    the factor passes to the output through homogeneous activations; weights inside residual blocks never are
+    (the whole block ``x + s(W x)`` is homogeneous, ``W`` alone is not).
+    """
+    residual = residual or [False] * len(net.activations)
+    Ws = [w.detach().cpu().double().numpy().copy() for w in net.weights]
+    if reduce and residual[:1] != [True] and Ws[0].shape[1] > Ws[0].shape[0]:
+        _, _, vt = np.linalg.svd(Ws[0], full_matrices=False)
+        Ws[0] = Ws[0] @ vt.T  # (n1, n1): same Gram matrix W_0 W_0^T, exact for l2
+    if reduce and Ws[-1].shape[0] > Ws[-1].shape[1]:
+        _, s, vt = np.linalg.svd(Ws[-1], full_matrices=False)
+        Ws[-1] = s[:, None] * vt  # same W_L^T W_L
+    scales: list[float] = []
+    L = len(Ws) - 1
+    for k, w in enumerate(Ws):
+        if k < L and residual[k]:
+            continue
+        if k in (0, L) or all(homogeneous[k:]):  # the factor must pass through every later activation
+            c = pow2(float(np.linalg.norm(w, 2)) if w.size else 1.0)
+            Ws[k] = w / c
+            scales.append(c)
+    return Prepared(Ws, certified_product(scales))
+
+
+def check_lipsdp(net: LayeredNetwork, norm: str) -> None:
+    if norm != "2":
+        raise InvalidInputError(f"LipSDP-Neuron/Layer bound the l2 Lipschitz constant only (got norm={norm!r})")
+    for k, a in enumerate(net.activations):
+        if a.slope is None:
+            raise UnsupportedOperatorError(
+                a.kind,
+                net.origins[k] if k < len(net.origins) else f"activation {k}",
+                hint="LipSDP-Neuron/Layer need slope-restricted activations (ReLU, LeakyReLU, tanh, sigmoid); "
+                "use method='lipsdp-nsr' for GroupSort/MaxMin/Householder",
+            )
+        if net.residual[k]:
+            raise UnsupportedOperatorError(
+                "residual block",
+                net.origins[k] if k < len(net.origins) else f"activation {k}",
+                hint="LipSDP-Neuron/Layer handle plain feed-forward nets; use method='lipsdp-nsr' or 'product'",
+            )
+
+
+def lmi_matrix(
+    Ws: list[np.ndarray], lams: list[np.ndarray], slopes: list[tuple[float, float]], rho: float
+) -> np.ndarray:
+    """The matrix ``M(rho, T)`` of the module doc in float64 (``lams[k]``: diagonal of ``T_{k+1}``)."""
+    dims = [Ws[0].shape[1]] + [w.shape[0] for w in Ws[:-1]]
+    off = np.concatenate([[0], np.cumsum(dims)])
+    M = np.zeros((off[-1], off[-1]))
+    M[: dims[0], : dims[0]] = rho * np.eye(dims[0])
+    for k, lam in enumerate(lams):  # hidden layer k+1, T = diag(lam), pre-activation W_k h_k
+        a, b = slopes[k]
+        W = Ws[k]
+        i, j = slice(off[k], off[k + 1]), slice(off[k + 1], off[k + 2])
+        M[i, i] += 2 * a * b * (W.T * lam) @ W
+        M[i, j] += -(a + b) * (W.T * lam)
+        M[j, i] += -(a + b) * (lam[:, None] * W)
+        M[j, j] += 2 * np.diag(lam)
+    WL = Ws[-1]
+    M[off[-2] :, off[-2] :] -= WL.T @ WL
+    return 0.5 * (M + M.T)
+
+
+def certify_rho(Ws: list[np.ndarray], lams: list[np.ndarray], slopes: list[tuple[float, float]]) -> tuple[float, dict]:
+    """Smallest rho (certified) for which ``M(rho, T) >= 0`` with the given multipliers (clipped to >= 0).
+
+    If the trailing block ``C`` of ``M`` is not positive definite (slightly infeasible solver output) the
+    multipliers are scaled up by a few factors ``s > 1`` (a positive multiple of valid multipliers is valid) and the
+    best certified rho is kept. Returns ``(rho, info)``; ``rho = inf`` if no scaling works.
+    """
+    lams = [np.maximum(np.asarray(l, dtype=np.float64), 0.0) for l in lams]
+    n0 = Ws[0].shape[1]
+    best, best_s = math.inf, None
+    for s in (1.0, 1.0 + 1e-6, 1.0 + 1e-4, 1.001, 1.01, 1.1, 1.5, 2.0, 4.0, 16.0):
+        N = lmi_matrix(Ws, [s * l for l in lams], slopes, 0.0)
+        C, B, N00 = N[n0:, n0:], N[n0:, :n0], N[:n0, :n0]
+        try:
+            Lc = np.linalg.cholesky(C)
+        except np.linalg.LinAlgError:
+            continue
+        Y = np.linalg.solve(Lc, B)
+        S = Y.T @ Y - N00
+        r = float(np.linalg.eigvalsh(0.5 * (S + S.T))[-1])
+        rho = _verify(Ws, [s * l for l in lams], slopes, max(r, 0.0))
+        if rho < best:
+            best, best_s = rho, s
+        if best < math.inf and s > 1.01:
+            break
+    return best, {"multiplier_scale": best_s}
+
+
+def _verify(Ws, lams, slopes, r: float, tries: int = 40) -> float:
+    d = max(abs(r), 1.0) * 1e-10
+    for _ in range(tries):
+        cand = r + d
+        if is_psd_certified(lmi_matrix(Ws, lams, slopes, cand)):
+            return cand
+        d *= 4.0
+    return math.inf
+
+
+def build_problem(Ws: list[np.ndarray], slopes: list[tuple[float, float]], per_neuron: bool):
+    """cvxpy problem ``min rho s.t. M(rho, T) >= 0``; returns ``(problem, rho, [lambda_k])``."""
+    import cvxpy as cp
+
+    dims = [Ws[0].shape[1]] + [w.shape[0] for w in Ws[:-1]]
+    L = len(dims) - 1
+    rho = cp.Variable(nonneg=True)
+    lams = [cp.Variable(dims[k + 1], nonneg=True) if per_neuron else cp.Variable(nonneg=True) for k in range(L)]
+
+    def T(k: int):  # diag of T_{k+1} as a vector expression
+        return lams[k] if per_neuron else lams[k] * np.ones(dims[k + 1])
+
+    blocks = [[None] * (L + 1) for _ in range(L + 1)]
+    for i in range(L + 1):
+        for j in range(L + 1):
+            blocks[i][j] = np.zeros((dims[i], dims[j]))
+    blocks[0][0] = rho * np.eye(dims[0])
+    for k in range(L):
+        a, b = slopes[k]
+        W = Ws[k]
+        t = T(k)
+        TW = cp.multiply(cp.reshape(t, (dims[k + 1], 1), order="F"), W)  # T_{k+1} W_k
+        if a * b != 0:
+            blocks[k][k] = blocks[k][k] + 2 * a * b * (W.T @ TW)
+        blocks[k][k + 1] = -(a + b) * TW.T
+        blocks[k + 1][k] = -(a + b) * TW
+        blocks[k + 1][k + 1] = 2 * cp.diag(t)
+    WL = Ws[-1]
+    blocks[L][L] = blocks[L][L] - WL.T @ WL
+    M = cp.bmat(blocks)
+    prob = cp.Problem(cp.Minimize(rho), [0.5 * (M + M.T) >> 0])
+    return prob, rho, lams
+
+
+def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | None = None, time_budget=None) -> dict:
+    """Certified l2 LipSDP bound (``variant`` "neuron" or "layer"). Returns a dict with ``upper`` and details."""
+    check_lipsdp(net, "2")
+    if net.depth == 0:
+        from lipbound.global_bounds.certify import max_eig_certified
+
+        W = net.weights[0].double().numpy()
+        return {"upper": certified_sqrt(max_eig_certified(W.T @ W)), "status": "exact (no activation)"}
+    homog = [a.kind in HOMOGENEOUS for a in net.activations]
+    prep = prepare(net, homog)
+    Ws = prep.weights
+    slopes = [tuple(map(float, a.slope)) for a in net.activations]
+    prob, rho, lams = build_problem(Ws, slopes, variant == "neuron")
+    info = solve_problem(prob, solver, time_budget)
+    if lams[0].value is None:
+        return {"upper": math.inf, **info, "certified": False}
+    dims = [w.shape[0] for w in Ws[:-1]]
+    lam_vals = [np.broadcast_to(np.asarray(l.value, dtype=np.float64), (dims[k],)).copy() for k, l in enumerate(lams)]
+    rho_c, cinfo = certify_rho(Ws, lam_vals, slopes)
+    upper = certified_product([certified_sqrt(rho_c), prep.scale]) if math.isfinite(rho_c) else math.inf
+    raw = float(np.sqrt(max(float(rho.value), 0.0))) * prep.scale if rho.value is not None else None
+    return {
+        "upper": upper,
+        **info,
+        "raw_solver_value": raw,
+        "certified_rho": rho_c,
+        "scale": prep.scale,
+        "lmi_size": int(sum(w.shape[1] for w in Ws)),
+        **cinfo,
+        "certified": math.isfinite(upper),
+        "_multipliers": [l * (cinfo["multiplier_scale"] or 1.0) for l in lam_vals],
+        "_weights": Ws,
+    }
