@@ -60,8 +60,9 @@ def test_householder_matches_definition_and_is_gnp(grouping, seed, spatial):
 
 @pytest.mark.parametrize("grouping", ["consecutive", "halves"])
 def test_householder_initialised_as_maxmin(grouping):
-    x = torch.randn(10, 6, dtype=torch.float64)
-    assert torch.allclose(Householder(6, grouping).double()(x), MaxMin(grouping)(x), atol=1e-12)
+    x = torch.randn(10, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # theta = -pi/4 is stored as a float32 parameter: equal to MaxMin up to that rounding
+    assert torch.allclose(Householder(6, grouping).double()(x), MaxMin(grouping)(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("grouping", ["consecutive", "halves"])
