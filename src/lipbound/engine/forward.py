@@ -30,6 +30,8 @@ from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
 
 PIECEWISE_LINEAR = (ReLU, LeakyReLU)
+#: alpha-optimisation of a target is skipped when batch x (rows to bound) x (size of its ancestors) exceeds this
+OPTIMIZE_BUDGET = 1 << 22
 
 
 def rounding_margin(dtype: torch.dtype) -> float:
@@ -202,16 +204,30 @@ def init_alphas(
     return per
 
 
-def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
+def _optimisation_cost(ctx: _Context, t: Node) -> int:
+    """Elements touched by one back-substitution from ``t``: batch x rows x sum of ancestor sizes."""
+    rows = int(ctx.rows[id(t)].numel())
+    return ctx.box[0].shape[0] * rows * sum(n.numel for n in ctx.graph.ancestors(t))
+
+
+def _optimized(ctx: _Context, steps: int, lr: float, budget: int = OPTIMIZE_BUDGET) -> dict[int, Bounds]:
     with torch.no_grad():
         best, _ = ctx.run(None)
     ctx.rows = {id(t): ctx.rows_of(t, best[id(t)], best) for t in ctx.targets}
+    # targets over the budget keep their CROWN bounds
     alphas = {
-        id(t): init_alphas(ctx.graph, t, int(ctx.rows[id(t)].numel()), best, ctx.alpha_nodes) for t in ctx.targets
+        id(t): init_alphas(ctx.graph, t, int(ctx.rows[id(t)].numel()), best, ctx.alpha_nodes)
+        for t in ctx.targets
+        if _optimisation_cost(ctx, t) <= budget
     }
+    alphas = {k: per for k, per in alphas.items() if per}
     params = [a for per in alphas.values() for pair in per.values() for a in pair]
     if not params:
         return best
+    # targets without parameters keep their CROWN bounds during the steps (not re-propagated every step) ...
+    all_targets, all_fixed = ctx.targets, ctx.fixed
+    ctx.fixed = {**ctx.fixed, **{id(t): best[id(t)] for t in ctx.targets if id(t) not in alphas}}
+    ctx.targets = [t for t in ctx.targets if id(t) in alphas]
     opt = ProjectedAdam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
@@ -227,7 +243,11 @@ def _optimized(ctx: _Context, steps: int, lr: float) -> dict[int, Bounds]:
                 break
             loss.backward()
             opt.step()
-    return best
+    # ... and are recomputed once at the end on the tightened upstream bounds
+    ctx.targets, ctx.fixed = all_targets, all_fixed
+    with torch.no_grad():
+        final, _ = ctx.run(None, best)
+    return {k: (torch.maximum(best[k][0], l), torch.minimum(best[k][1], u)) for k, (l, u) in final.items()}
 
 
 def optimized_backsubstitute(
