@@ -260,7 +260,8 @@ def optimized_backsubstitute(
     lr: float = 0.25,
     only: set[int] | None = None,
 ) -> Bounds:
-    """``backsubstitute`` with its free parameters (of the nodes in ``only``, default all) optimised for the UPPER bound of ``<lam, target>``.
+    """``backsubstitute`` with free parameters (of the nodes in ``only``; default all) optimised for the
+    UPPER bound of ``<lam, target>``.
 
     Returns the best (elementwise smallest) upper bound and largest lower bound seen over the iterations.
     """
