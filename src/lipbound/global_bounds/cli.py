@@ -23,7 +23,11 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def global_command(
-    model: str = typer.Argument(..., help="Model to bound: a .pt/.pth/.onnx file or a python 'module:factory' spec."),
+    model: str = typer.Argument(
+        ...,
+        help="Model to bound: a .onnx file, a TorchScript .pt file, 'package.module:factory' (with --weights) or "
+        "'bundled:<name>'.",
+    ),
     norm: str = typer.Option("2", "--norm", help="Norm on input and output: 2 or inf."),
     method: str = typer.Option(
         "all",
@@ -35,17 +39,18 @@ def global_command(
     input_shape: str | None = typer.Option(
         None, "--input-shape", help="Per-sample input shape, e.g. 3,32,32 (required for convolutional models)."
     ),
+    weights: Path | None = typer.Option(None, "--weights", help="A state dict (.pt) for a 'module:factory' model."),
 ) -> None:
     """Certified global Lipschitz upper bounds of MODEL, one row per method (bound, seconds, status)."""
     from lipbound.global_bounds.api import MAX_LMI_ROWS, METHODS, SDP_METHODS, applicable, lmi_rows, parse_norm
     from lipbound.global_bounds.api import global_lipschitz as run
     from lipbound.global_bounds.network import extract
-    from lipbound.graph.load import load_model
+    from lipbound.cli import load_cli_model, write_json_atomic
 
     console = Console()
     try:
         nrm = parse_norm(norm)
-        loaded, shape = load_model(model, None, _parse_shape(input_shape))
+        loaded, shape = load_cli_model(model, weights, _parse_shape(input_shape))
         net = extract(loaded, shape)
         ok = applicable(net, nrm)
         methods = [m for m in METHODS if ok[m] is None] if method == "all" else [method]
@@ -83,5 +88,5 @@ def global_command(
         table.add_row(r["method"], txt, sec, str(r["status"]))
     console.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps({"model": model, "norm": nrm, "results": rows}, indent=2, default=str))
+        write_json_atomic(json_out, json.loads(json.dumps({"model": model, "norm": nrm, "results": rows}, default=str)))
         console.print(f"wrote {json_out}")
