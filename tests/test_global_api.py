@@ -15,16 +15,16 @@ from lipbound.global_bounds import extract
 from lipbound.global_bounds.api import METHODS, global_lipschitz
 from lipbound.nn import GroupSort, MaxMin
 
-torch.set_default_dtype(torch.float64)
+F64 = torch.float64  # dtypes are explicit: a global default would leak into other tests of the same worker
 
 
 def relu_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
 
 
 def sampled_lower(model, input_shape, norm: str, n: int = 300) -> float:
-    x = 2 * torch.randn(n, *input_shape, generator=torch.Generator().manual_seed(1))
+    x = 2 * torch.randn(n, *input_shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     J = torch.autograd.functional.jacobian(lambda z: model(z).sum(0), x).permute(1, 0, *range(2, 2 + len(input_shape)))
     J = J.reshape(n, J.shape[1], -1)
     return (torch.linalg.matrix_norm(J, 2) if norm == "2" else J.abs().sum(-1).max(-1).values).max().item()
@@ -51,7 +51,7 @@ def test_auto_picks_tightest_and_says_so():
 @pytest.mark.parametrize("norm", [2, "inf"])
 def test_auto_maxmin(norm):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), MaxMin(), nn.Linear(8, 8), GroupSort(4), nn.Linear(8, 2)).eval()
+    model = nn.Sequential(nn.Linear(4, 8), MaxMin(), nn.Linear(8, 8), GroupSort(4), nn.Linear(8, 2)).double().eval()
     r = global_lipschitz(model, norm=norm)
     assert r.method in ("lipsdp-nsr", "product")
     assert sampled_lower(model, (4,), str(norm)) <= r.upper
@@ -60,12 +60,21 @@ def test_auto_maxmin(norm):
 
 def test_conv_model_extraction_and_bound():
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 1, 3)
-    ).eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 1, 3),
+        )
+        .double()
+        .eval()
+    )
     model[1].running_var.uniform_(0.5, 2.0)
     net = extract(model, (2, 4, 4))
-    x = torch.randn(3, 2, 4, 4)
+    x = torch.randn(3, 2, 4, 4, dtype=F64)
     assert torch.allclose(net.forward(x), model(x), atol=1e-10)
     r = global_lipschitz(model, method="lipsdp-neuron", input_shape=(2, 4, 4))
     assert (
@@ -92,7 +101,7 @@ def test_extract_residual_and_grouping_channels():
             h = h + self.act(self.b(h))
             return self.c(h.view(h.size(0), -1))
 
-    net = extract(Net().eval())
+    net = extract(Net().double().eval())
     assert [a.kind for a in net.activations] == ["identity", "maxmin"]
     assert net.residual == [False, True]
     from lipbound.global_bounds.network import group_index
@@ -120,10 +129,10 @@ def test_unsupported_models_and_arguments():
             return self.l(x).abs()
 
     with pytest.raises(UnsupportedOperatorError, match="abs"):
-        global_lipschitz(Abs())
+        global_lipschitz(Abs().double())
     with pytest.raises(UnsupportedOperatorError, match="ELU"):
-        global_lipschitz(nn.Sequential(nn.Linear(3, 3), nn.ELU(), nn.Linear(3, 1)))
-    mm = nn.Sequential(nn.Linear(4, 4), MaxMin(), nn.Linear(4, 1))
+        global_lipschitz(nn.Sequential(nn.Linear(3, 3), nn.ELU(), nn.Linear(3, 1)).double())
+    mm = nn.Sequential(nn.Linear(4, 4), MaxMin(), nn.Linear(4, 1)).double()
     with pytest.raises(UnsupportedOperatorError, match="slope-restricted"):
         global_lipschitz(mm, method="lipsdp-neuron")
     with pytest.raises(InvalidInputError, match="norm"):
@@ -142,7 +151,7 @@ def test_solver_failure_falls_back(monkeypatch):
 
     monkeypatch.setattr(lipsdp, "solve_problem", broken)
     monkeypatch.setattr(certify, "solve_problem", broken)
-    r = global_lipschitz(relu_mlp(5), method="lipsdp-neuron")
+    r = global_lipschitz(relu_mlp(5), method="lipsdp-neuron", solver="scs")
     assert r.method == "product"
     assert len(r.details["fallbacks"]) == 2
     assert np.isfinite(r.upper)

@@ -5,16 +5,25 @@ so the maximum over the points we try is a valid lower bound on
 ``L = sup_{x in box} sup_{J in Clarke(x)} ||J^T c||_*``. We try:
 
 1. the box centre, uniform samples and random vertices;
-2. projected gradient ascent on the gradient norm of a *smoothed* network (ReLU -> softplus with a sharpening
-   temperature; the exact network's gradient norm is piecewise constant, so it has no useful ascent direction),
-   evaluating the exact network's gradient norm at every iterate.
+2. projected sign-gradient ascent on the gradient norm of a *smoothed* network (ReLU -> softplus whose temperature
+   follows a geometric schedule from smooth to sharp; the exact network's gradient norm is piecewise constant, so
+   it has no useful ascent direction), from several restarts, evaluating the exact network's gradient norm at every
+   iterate;
+3. a local search over activation regions (piecewise-linear activations only): at the current point the gradient is
+   multilinear in the gates, so flipping the gate of neuron ``j`` alone changes it by exactly
+   ``(s'_j - s_j) u_j a_j`` (``u_j = d c^T f / d h_j`` from one backward pass, ``a_j = d z_j / d x`` from one batched
+   forward-mode pass). Every neuron's flip is scored at once, the best few are targeted by moving (in the box) just
+   across the neuron's linearised hyperplane ``z_j = 0``, and the exact gradient norm decides; repeated greedily.
 
 Only exact gradient norms (autograd on the exact network) enter the returned value.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,6 +31,17 @@ from lipbound.graph.ir import Graph
 from lipbound.ops.base import ConstOp, InputOp
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
+
+# per effort: restart and ascent-step multipliers, local-search rounds, candidates per round and starting points.
+# "default" gets the "small" settings when the net is small (input dim * piecewise-linear neurons <= SMALL_NET).
+EFFORTS: dict[str, dict[str, float]] = {
+    "fast": {"restarts": 1.0, "steps": 1.0, "rounds": 0, "cands": 0, "starts": 0},
+    "default": {"restarts": 1.0, "steps": 1.0, "rounds": 0, "cands": 0, "starts": 0},
+    "small": {"restarts": 2.0, "steps": 1.0, "rounds": 8, "cands": 6, "starts": 3},
+    "thorough": {"restarts": 4.0, "steps": 2.0, "rounds": 20, "cands": 12, "starts": 5},
+}
+SMALL_NET = 20000
+MAX_SEARCH_DIM = 1024  # forward-mode Jacobian of the pre-activations costs input-dim forward passes
 
 
 def dual_norm(g: Tensor, norm: str) -> Tensor:
@@ -34,8 +54,11 @@ def dual_norm(g: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(1)
 
 
-def _evaluate(graph: Graph, x: Tensor, beta: float | None) -> Tensor:
-    """Network output; with ``beta`` the piecewise-linear activations are replaced by softplus surrogates."""
+def _evaluate(graph: Graph, x: Tensor, beta: float | None, taps: list | None = None) -> Tensor:
+    """Network output; with ``beta`` the piecewise-linear activations are replaced by softplus surrogates.
+
+    With ``taps`` (a list), ``(op, pre-activation, activation output)`` of every ReLU / LeakyReLU is appended.
+    """
     vals: dict[int, Tensor] = {}
     for n in graph.nodes:
         if isinstance(n.op, InputOp):
@@ -51,6 +74,8 @@ def _evaluate(graph: Graph, x: Tensor, beta: float | None) -> Tensor:
                 v = a * args[0] + (1 - a) * F.softplus(args[0], beta=beta)
             else:
                 v = n.op.forward(*args)
+            if taps is not None and isinstance(n.op, (ReLU, LeakyReLU)):
+                taps.append((n.op, args[0], v))
         vals[id(n)] = v
     return vals[id(graph.output)]
 
@@ -65,6 +90,94 @@ def gradients(graph: Graph, x: Tensor, c: Tensor, beta: float | None = None, cre
     return g
 
 
+def _gates(op, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Autograd's gate at ``z`` and the gate of the other side of ``z = 0``."""
+    if isinstance(op, ReLU):
+        s = (z > 0).to(z.dtype)
+        return s, 1 - s
+    pos = z > 0
+    one, a = torch.ones_like(z), torch.full_like(z, op.a)
+    return torch.where(pos, one, a), torch.where(pos, a, one)
+
+
+def _flip_moves(
+    graph: Graph, x: Tensor, c: Tensor, norm: str, lo: Tensor, hi: Tensor, m: int, pursuit: int = 10, tabu: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Points just across the hyperplanes of the ``m`` most promising single-neuron flips.
+
+    ``x``, ``lo``, ``hi``: ``(N, d)`` (flattened), ``c``: ``(N, *out)``. Returns candidate points ``(N, m, d)`` and
+    whether each is valid ``(N, m)``; ``None`` if the graph has no piecewise-linear activation.
+    """
+    n, d = x.shape
+    in_shape = graph.input.shape
+    taps: list = []
+    with torch.enable_grad():
+        xg = x.detach().reshape(n, *in_shape).requires_grad_(True)
+        y = _evaluate(graph, xg, None, taps)
+        if not taps:
+            return None
+        grads = torch.autograd.grad((y * c).sum(), [xg] + [t[2] for t in taps], allow_unused=True)
+    g = grads[0].reshape(n, d)
+    zs = torch.cat([t[1].detach().reshape(n, -1) for t in taps], 1)  # (N, H)
+    us = torch.cat(
+        [(gr if gr is not None else torch.zeros_like(t[2])).reshape(n, -1) for gr, t in zip(grads[1:], taps)], 1
+    )
+    gate, other = zip(*[_gates(op, z.detach().reshape(n, -1)) for op, z, _ in taps])
+    delta = (torch.cat(other, 1) - torch.cat(gate, 1)) * us  # (N, H)
+    # Jacobian of every pre-activation: forward mode with one tangent per input coordinate
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    jac = []
+    with torch.no_grad(), fwad.dual_level():
+        xd = fwad.make_dual(x.repeat_interleave(d, 0).reshape(n * d, *in_shape), eye.repeat(n, 1).reshape(-1, *in_shape))
+        taps2: list = []
+        _evaluate(graph, xd, None, taps2)
+        for _, z, _ in taps2:
+            t = fwad.unpack_dual(z).tangent
+            jac.append(torch.zeros(n, d, z[0].numel(), dtype=x.dtype, device=x.device) if t is None else t.reshape(n, d, -1))
+    a = torch.cat(jac, 2).transpose(1, 2)  # (N, H, d): d z_j / d x
+    new = dual_norm((g.unsqueeze(1) + delta.unsqueeze(2) * a).reshape(-1, d), norm).reshape(n, -1)
+    # move in the box, l_inf-steepest, to just across z_j = 0 (linearised): x' = clamp(x + t dir)
+    width = (hi - lo).amax(1, keepdim=True).clamp(min=1e-30)  # (N, 1)
+    anorm = a.abs().sum(2)  # (N, H)
+    need = zs.abs() + 1e-3 * width * anorm  # overshoot by 0.1% of the box width
+    direction = -torch.sign(zs).unsqueeze(2) * torch.sign(a)  # (N, H, d)
+    room = torch.where(direction > 0, (hi - x).unsqueeze(1), (x - lo).unsqueeze(1)).clamp(min=0)
+    step = need / anorm.clamp(min=1e-30)
+    for _ in range(4):  # f(t) = sum_i |a_i| min(t, room_i) is concave with f(0) = 0: t * need / f(t) rises to the root
+        got = (a.abs() * torch.minimum(step.unsqueeze(2), room)).sum(2)
+        step = torch.minimum(step * need / got.clamp(min=1e-30), width)
+    got = (a.abs() * torch.minimum(step.unsqueeze(2), room)).sum(2)
+    ok = (got >= need * (1 - 1e-9)) & (anorm > 0) & (delta != 0)
+    if tabu is not None:  # (N, H) neurons not to flip
+        ok = ok & ~tabu
+    score = torch.where(ok, new, torch.full_like(new, -math.inf))
+    m = min(m, score.shape[1])
+    top, idx = score.topk(m, dim=1)  # (N, m)
+    gi = idx.unsqueeze(2).expand(n, m, d)
+    pick_dir, pick_room = direction.gather(1, gi), room.gather(1, gi)
+    pick_step = step.gather(1, idx).unsqueeze(2)
+    delta = pick_dir * torch.minimum(pick_step, pick_room)  # (N, m, d): start of the pursuit
+    # pursue the target region on the linearised pre-activations: every neuron keeps its sign except the flipped
+    # one; Polyak steps on the total (row-normalised) hinge violation, projected onto the box
+    sig = torch.where(zs >= 0, 1.0, -1.0).to(x.dtype).unsqueeze(1).expand(n, m, -1).clone()  # (N, m, H)
+    sig.scatter_(2, idx.unsqueeze(2), -sig.gather(2, idx.unsqueeze(2)))
+    inv = 1.0 / anorm.clamp(min=1e-30)
+    an = a * inv.unsqueeze(2)  # rows scaled to unit l1 norm
+    base = sig * (zs * inv).unsqueeze(1)  # (N, m, H)
+    mu = 1e-3 * width.unsqueeze(2)  # (N, 1, 1)
+    live = (anorm > 0).to(x.dtype).unsqueeze(1)
+    dlo, dhi = (lo - x).unsqueeze(1), (hi - x).unsqueeze(1)
+    for _ in range(pursuit):
+        viol = (mu - base - sig * torch.einsum("nhd,nmd->nmh", an, delta)).clamp(min=0) * live
+        dirn = torch.einsum("nmh,nhd->nmd", sig * (viol > 0).to(x.dtype), an)
+        total = viol.sum(2, keepdim=True)
+        delta = delta + total / (dirn * dirn).sum(2, keepdim=True).clamp(min=1e-30) * dirn
+        delta = torch.minimum(torch.maximum(delta, dlo), dhi)
+    pts = x.unsqueeze(1) + delta
+    pts = torch.minimum(torch.maximum(pts, lo.unsqueeze(1)), hi.unsqueeze(1))
+    return pts, torch.isfinite(top), idx
+
+
 def lower_bound(
     graph: Graph,
     x_lower: Tensor,
@@ -75,13 +188,23 @@ def lower_bound(
     restarts: int = 4,
     steps: int = 20,
     seed: int = 0,
+    *,
+    effort: str = "default",
 ) -> tuple[Tensor, Tensor]:
     """Best gradient norm found in the box, per input and direction.
 
     ``x_lower``, ``x_upper``: ``(B, *in)``; ``c``: ``(B, K, *out)``. Returns ``(values (B, K), points (B, K, *in))``.
+    ``effort``: ``"fast"`` (sampling and smoothed ascent only), ``"default"`` or ``"thorough"`` (more restarts,
+    longer ascent and local search over activation regions).
     """
+    if effort not in ("fast", "default", "thorough"):
+        raise ValueError(f"effort must be 'fast', 'default' or 'thorough', got {effort!r}")
     b, k = c.shape[0], c.shape[1]
     in_shape = x_lower.shape[1:]
+    d = int(torch.Size(in_shape).numel())
+    pwl = sum(n.numel for n in graph.nodes if isinstance(n.op, (ReLU, LeakyReLU)))
+    cfg = EFFORTS["small" if effort == "default" and d * pwl <= SMALL_NET else effort]
+    nd = len(in_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     lo = x_lower.unsqueeze(1).expand(b, k, *in_shape)
     hi = x_upper.unsqueeze(1).expand(b, k, *in_shape)
@@ -92,8 +215,8 @@ def lower_bound(
     best = torch.full((b, k), -1.0, dtype=x_lower.dtype, device=x_lower.device)
     best_x = ((lo + hi) / 2).clone()
 
-    def consider(points: Tensor) -> None:
-        """points: (R, B, K, *in) -> update best with exact gradient norms."""
+    def consider(points: Tensor) -> Tensor:
+        """points: (R, B, K, *in) -> update best with exact gradient norms; returns the norms (R, B, K)."""
         r = points.shape[0]
         flat = points.reshape(r * b * k, *in_shape)
         cc = c.unsqueeze(0).expand(r, *c.shape).reshape(r * b * k, *c.shape[2:])
@@ -101,8 +224,9 @@ def lower_bound(
         v, idx = vals.max(0)
         better = v > best
         best.copy_(torch.where(better, v, best))
-        pick = points.gather(0, idx.reshape(1, b, k, *([1] * len(in_shape))).expand(1, b, k, *in_shape))[0]
-        best_x.copy_(torch.where(better.reshape(b, k, *([1] * len(in_shape))), pick, best_x))
+        pick = points.gather(0, idx.reshape(1, b, k, *([1] * nd)).expand(1, b, k, *in_shape))[0]
+        best_x.copy_(torch.where(better.reshape(b, k, *([1] * nd)), pick, best_x))
+        return vals
 
     width = hi - lo
     consider(((lo + hi) / 2).unsqueeze(0))
@@ -111,13 +235,19 @@ def lower_bound(
         consider(lo + u * width)
         v = (rand((samples, b, k, *in_shape)) > 0.5).to(x_lower.dtype)
         consider(lo + v * width)
+    starts = [best_x.clone()]
+    restarts = max(int(round(restarts * cfg["restarts"])), 1) if restarts > 0 else 0
+    steps = int(round(steps * cfg["steps"]))
     if steps > 0 and restarts > 0:
         x = lo + rand((restarts, b, k, *in_shape)) * width
         x[0] = best_x
-        scale = width.abs().reshape(b, k, -1).amax(-1).clamp(min=1e-12)
+        scale = float(width.abs().reshape(b, k, -1).amax(-1).clamp(min=1e-12).mean())
         cc = c.unsqueeze(0).expand(restarts, *c.shape).reshape(restarts * b * k, *c.shape[2:])
+        run_best = torch.full((restarts, b, k), -1.0, dtype=x.dtype, device=x.device)
+        run_x = x.clone()
         for t in range(steps):
-            beta = 4.0 / float(scale.mean()) * (1.0 + t)  # sharpen the surrogate as we go
+            frac = t / max(steps - 1, 1)
+            beta = 2.0 / scale * 50.0**frac  # geometric: smooth (explores) -> sharp (follows the exact regions)
             with torch.enable_grad():
                 xf = x.reshape(restarts * b * k, *in_shape).detach().requires_grad_(True)
                 gnorm = dual_norm(gradients(graph, xf, cc, beta=beta, create_graph=True), norm)
@@ -125,5 +255,44 @@ def lower_bound(
             step = step.reshape(x.shape)
             size = 0.25 * width * (1 - t / steps)
             x = torch.minimum(torch.maximum(x.detach() + size * torch.sign(step), lo), hi)
-            consider(x)
+            vals = consider(x)
+            imp = vals > run_best
+            run_best = torch.where(imp, vals, run_best)
+            run_x = torch.where(imp.reshape(*imp.shape, *([1] * nd)), x, run_x)
+        order = run_best.argsort(0, descending=True)
+        run_x = run_x.gather(0, order.reshape(*order.shape, *([1] * nd)).expand_as(run_x))
+        starts += list(run_x.unbind(0))
+    n_starts = int(cfg["starts"])
+    if cfg["rounds"] > 0 and n_starts > 0 and d <= MAX_SEARCH_DIM:
+        _region_search(graph, starts[:n_starts], lo, hi, c, norm, int(cfg["rounds"]), int(cfg["cands"]), consider)
     return best.clamp(min=0), best_x
+
+
+def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> None:
+    """Greedy local search over activation regions from ``starts`` (each ``(B, K, *in)``)."""
+    b, k = c.shape[0], c.shape[1]
+    in_shape = lo.shape[2:]
+    p = len(starts)
+    x = torch.stack(starts).reshape(p * b * k, -1)  # (N, d)
+    lof = lo.unsqueeze(0).expand(p, *lo.shape).reshape(p * b * k, -1)
+    hif = hi.unsqueeze(0).expand(p, *hi.shape).reshape(p * b * k, -1)
+    cc = c.unsqueeze(0).expand(p, *c.shape).reshape(p * b * k, *c.shape[2:])
+    consider(x.reshape(p, b, k, *in_shape))
+    hidden = sum(nd.numel for nd in graph.nodes if isinstance(nd.op, (ReLU, LeakyReLU)))
+    tabu = None
+    for _ in range(rounds):
+        moves = _flip_moves(graph, x, cc, norm, lof, hif, cands, tabu=tabu)
+        if moves is None:
+            return
+        pts, valid, idx = moves  # (N, m, d), (N, m), (N, m)
+        m = pts.shape[1]
+        vals = consider(pts.transpose(0, 1).reshape(m * p, b, k, *in_shape)).reshape(m, p * b * k).transpose(0, 1)
+        vals = torch.where(valid, vals, torch.full_like(vals, -math.inf))
+        v, j = vals.max(1)  # move to the best neighbour even if it is worse (the best point is kept by consider)
+        ar = torch.arange(x.shape[0], device=x.device)
+        go = torch.isfinite(v)
+        x = torch.where(go.unsqueeze(1), pts[ar, j], x)
+        if tabu is None:
+            tabu = torch.zeros(x.shape[0], hidden, dtype=torch.bool, device=x.device)
+        flipped = idx[ar, j]
+        tabu[ar[go], flipped[go]] = True  # never flip the same neuron back (no cycling)

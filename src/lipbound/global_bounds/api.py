@@ -31,6 +31,9 @@ METHODS = ("product", "liplt", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", 
 SDP_METHODS = ("lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr")
 #: LMI rows above which an SDP method is predicted to exceed the default budget (2-core CPU, SCS)
 MAX_LMI_ROWS = {"lipsdp-neuron": 700, "lipsdp-layer": 900, "lipsdp-nsr": 260}
+#: LipSDP-Neuron/Layer on large or deep nets run the first-order chain method (cost ~ sum of width^3 per step);
+#: above this cost "auto" skips them (2 x 256 hidden: cost 5.0e7, ~20 s; 2 x 512: 4.0e8, budget-limited)
+MAX_CHAIN_COST = 1.2e8
 
 
 @dataclass
@@ -101,6 +104,22 @@ def lmi_rows(net: LayeredNetwork, method: str) -> int:
     return 0
 
 
+def chain_cost(net: LayeredNetwork) -> float:
+    """Cost unit of the first-order LipSDP chain method: sum of cubed block sizes of the (SVD-reduced) LMI."""
+    dims = net.dims
+    return float(min(dims[0], dims[1]) ** 3 + sum(d**3 for d in dims[1:-1])) if net.depth else 0.0
+
+
+def _too_large(net: LayeredNetwork, m: str) -> str | None:
+    if m in ("lipsdp-layer", "lipsdp-neuron"):
+        if chain_cost(net) > MAX_CHAIN_COST:
+            return f"chain cost {chain_cost(net):.2g} exceeds the budget ({MAX_CHAIN_COST:.2g})"
+        return None
+    if m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
+        return f"LMI of {lmi_rows(net, m)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
+    return None
+
+
 def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
     if method in ("product", "liplt", "eclipse-fast"):
         from lipbound.global_bounds import baselines
@@ -119,6 +138,8 @@ def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_b
         return lipsdp_bound(net, method.split("-")[1], solver, time_budget)
     from lipbound.global_bounds.nsr import nsr_bound
 
+    if solver is not None and solver.lower() in ("auto", "first-order"):
+        solver = None  # the first-order path is LipSDP-Neuron/Layer only; NSR uses its default SDP solver
     return nsr_bound(net, norm, solver, time_budget)
 
 
@@ -136,9 +157,12 @@ def global_lipschitz(
     """Certified global Lipschitz upper bound of ``model`` (nn.Module, lipbound Graph or LayeredNetwork).
 
     ``norm``: 2 or "inf" (same norm on input and output). ``method``: one of :data:`METHODS` or "auto".
-    ``solver``: "scs" (default), "clarabel" or "mosek" for the SDP methods. ``time_budget``: seconds per solver
-    run (and the budget "auto" plans with). If an SDP solver fails, the next method (neuron -> layer -> product,
-    nsr -> product) is used and ``details["fallbacks"]`` says so.
+    ``solver``: for "lipsdp-neuron"/"lipsdp-layer" None/"auto" (default: SCS polished by the first-order method on
+    small LMIs, the solver-free first-order chain method on large or deep nets; ``details["solver"]`` says which),
+    "first-order", "scs", "clarabel" or "mosek"; for "lipsdp-nsr" "scs" (default), "clarabel" or "mosek".
+    ``time_budget``: seconds per solver run (the first-order method stops there with a certified bound).
+    If an SDP solver fails, the next method (neuron -> layer -> product, nsr -> product) is used and
+    ``details["fallbacks"]`` says so.
     """
     t0 = time.perf_counter()
     norm = parse_norm(norm)
@@ -186,10 +210,10 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     for m in order:
         if ok[m] is not None:
             continue
-        if m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
-            skipped[m] = f"LMI of {lmi_rows(net, m)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
+        if _too_large(net, m):
+            skipped[m] = _too_large(net, m)
             continue
-        neuron_fits = ok["lipsdp-neuron"] is None and lmi_rows(net, "lipsdp-neuron") <= MAX_LMI_ROWS["lipsdp-neuron"]
+        neuron_fits = ok["lipsdp-neuron"] is None and _too_large(net, "lipsdp-neuron") is None
         if m == "lipsdp-layer" and neuron_fits:
             continue  # neuron dominates layer
         if m == "lipsdp-nsr" and neuron_fits:

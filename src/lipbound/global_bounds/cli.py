@@ -42,10 +42,10 @@ def global_command(
     weights: Path | None = typer.Option(None, "--weights", help="A state dict (.pt) for a 'module:factory' model."),
 ) -> None:
     """Certified global Lipschitz upper bounds of MODEL, one row per method (bound, seconds, status)."""
+    from lipbound.cli import load_cli_model, write_json_atomic
     from lipbound.global_bounds.api import MAX_LMI_ROWS, METHODS, SDP_METHODS, applicable, lmi_rows, parse_norm
     from lipbound.global_bounds.api import global_lipschitz as run
     from lipbound.global_bounds.network import extract
-    from lipbound.cli import load_cli_model, write_json_atomic
 
     console = Console()
     try:

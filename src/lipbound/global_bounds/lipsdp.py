@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg as sla
 
 from lipbound.errors import InvalidInputError, UnsupportedOperatorError
 from lipbound.global_bounds.certify import certified_product, certified_sqrt, is_psd_certified, solve_problem
@@ -132,22 +133,28 @@ def certify_rho(Ws: list[np.ndarray], lams: list[np.ndarray], slopes: list[tuple
             Lc = np.linalg.cholesky(C)
         except np.linalg.LinAlgError:
             continue
-        Y = np.linalg.solve(Lc, B)
+        Y = sla.solve_triangular(Lc, B, lower=True)
         S = Y.T @ Y - N00
         r = float(np.linalg.eigvalsh(0.5 * (S + S.T))[-1])
         rho = _verify(Ws, [s * l for l in lams], slopes, max(r, 0.0))
-        if rho < best:
-            best, best_s = rho, s
-        if best < math.inf and s > 1.01:
+        if rho >= best:
+            break  # scaling up further no longer helps
+        best, best_s = rho, s
+        if s > 1.01:
             break
     return best, {"multiplier_scale": best_s}
 
 
 def _verify(Ws, lams, slopes, r: float, tries: int = 40) -> float:
-    d = max(abs(r), 1.0) * 1e-10
+    """Smallest ``r + d`` (``d`` growing geometrically) for which ``M(r + d, T)`` is proven PSD in float64."""
+    M = lmi_matrix(Ws, lams, slopes, 0.0)
+    d = max(abs(r), 1e-6 * float(np.abs(M).max()), 1e-300) * 1e-9
+    n0 = Ws[0].shape[1]
     for _ in range(tries):
         cand = r + d
-        if is_psd_certified(lmi_matrix(Ws, lams, slopes, cand)):
+        Mc = M.copy()
+        Mc[np.arange(n0), np.arange(n0)] += cand
+        if is_psd_certified(Mc):
             return cand
         d *= 4.0
     return math.inf
@@ -187,34 +194,89 @@ def build_problem(Ws: list[np.ndarray], slopes: list[tuple[float, float]], per_n
     return prob, rho, lams
 
 
+#: default solver choice: SCS while the LMI has at most this many rows and the net at most this many hidden layers
+#: (SCS then converges in seconds), the first-order chain method beyond (SCS needs > 130 s at 768 rows and returns
+#: uncertifiable multipliers on deep nets, whose rho is orders of magnitude below its absolute tolerance)
+SCS_MAX_ROWS = 200
+SCS_MAX_DEPTH = 4
+SOLVER_CHOICES = ("auto", "first-order", "scs", "clarabel", "mosek")
+
+
 def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | None = None, time_budget=None) -> dict:
-    """Certified l2 LipSDP bound (``variant`` "neuron" or "layer"). Returns a dict with ``upper`` and details."""
+    """Certified l2 LipSDP bound (``variant`` "neuron" or "layer"). Returns a dict with ``upper`` and details.
+
+    ``solver``: None/"auto" (LipSDP-Neuron: SCS polished by the first-order method on small LMIs, the first-order
+    chain method alone on large or deep ones; LipSDP-Layer: always the first-order method), "first-order" (solver-free, :mod:`lipbound.global_bounds.lipsdp_fast`), or an
+    SDP solver through cvxpy ("scs", "clarabel", "mosek"). Whatever produced the multipliers, the reported bound
+    is :func:`certify_rho` of them.
+    """
     check_lipsdp(net, "2")
     if net.depth == 0:
         from lipbound.global_bounds.certify import max_eig_certified
 
         W = net.weights[0].double().numpy()
         return {"upper": certified_sqrt(max_eig_certified(W.T @ W)), "status": "exact (no activation)"}
+    name = (solver or "auto").lower()
+    if name not in SOLVER_CHOICES:
+        raise InvalidInputError(f"unknown solver {solver!r}; choose one of {SOLVER_CHOICES}")
     homog = [a.kind in HOMOGENEOUS for a in net.activations]
     prep = prepare(net, homog)
     Ws = prep.weights
     slopes = [tuple(map(float, a.slope)) for a in net.activations]
-    prob, rho, lams = build_problem(Ws, slopes, variant == "neuron")
-    info = solve_problem(prob, solver, time_budget)
-    if lams[0].value is None:
-        return {"upper": math.inf, **info, "certified": False}
+    per_neuron = variant == "neuron"
     dims = [w.shape[0] for w in Ws[:-1]]
-    lam_vals = [np.broadcast_to(np.asarray(l.value, dtype=np.float64), (dims[k],)).copy() for k, l in enumerate(lams)]
-    rho_c, cinfo = certify_rho(Ws, lam_vals, slopes)
+    rows = int(sum(w.shape[1] for w in Ws))
+    auto = name == "auto"
+    if auto:  # LipSDP-Layer has one multiplier per layer: the first-order method solves it to high accuracy
+        small = rows <= SCS_MAX_ROWS and net.depth <= SCS_MAX_DEPTH
+        name = "scs" if per_neuron and small else "first-order"
+    info: dict = {}
+    lam_vals, raw_rho = None, None
+    if name != "first-order":
+        prob, rho, lams = build_problem(Ws, slopes, per_neuron)
+        info = solve_problem(prob, name, time_budget)
+        if lams[0].value is not None:
+            lam_vals = [
+                np.broadcast_to(np.asarray(l.value, dtype=np.float64), (dims[k],)).copy() for k, l in enumerate(lams)
+            ]
+            raw_rho = float(rho.value) if rho.value is not None else None
+    best = (math.inf, None, {"multiplier_scale": None})
+    if lam_vals is not None:
+        rho_c, cinfo = certify_rho(Ws, lam_vals, slopes)
+        best = (rho_c, lam_vals, cinfo)
+    if name == "first-order" or auto:
+        from lipbound.global_bounds.lipsdp_fast import first_order_multipliers
+
+        start = None
+        if best[1] is not None and math.isfinite(best[0]):  # polish the certified solver multipliers
+            s = best[2]["multiplier_scale"] or 1.0
+            start = [np.maximum(s * l, 1e-9 * max(float(np.max(l)), 1e-300)) for l in best[1]]
+        fo_lams, fo_info = first_order_multipliers(Ws, slopes, per_neuron, time_budget, start=start)
+        fo_info.pop("trace", None)
+        rho_f, cinfo_f = certify_rho(Ws, fo_lams, slopes)
+        fo_raw = fo_info["stages"][-1]["rho"] if fo_info["stages"] else None
+        info = {
+            **info,
+            "first_order": {**fo_info, "certified_rho": rho_f},
+            "solver": "first-order" if lam_vals is None else f"{info.get('solver')}+first-order",
+        }
+        if "status" not in info:
+            info["status"] = "first-order: time limit" if fo_info.get("timed_out") else "first-order: converged"
+        if rho_f < best[0]:
+            best = (rho_f, fo_lams, cinfo_f)
+            raw_rho = fo_raw if lam_vals is None else raw_rho
+    rho_c, lam_vals, cinfo = best
+    if lam_vals is None:
+        return {"upper": math.inf, **info, "certified": False}
     upper = certified_product([certified_sqrt(rho_c), prep.scale]) if math.isfinite(rho_c) else math.inf
-    raw = float(np.sqrt(max(float(rho.value), 0.0))) * prep.scale if rho.value is not None else None
+    raw = float(np.sqrt(max(raw_rho, 0.0))) * prep.scale if raw_rho is not None else None
     return {
         "upper": upper,
         **info,
         "raw_solver_value": raw,
         "certified_rho": rho_c,
         "scale": prep.scale,
-        "lmi_size": int(sum(w.shape[1] for w in Ws)),
+        "lmi_size": rows,
         **cinfo,
         "certified": math.isfinite(upper),
         "_multipliers": [l * (cinfo["multiplier_scale"] or 1.0) for l in lam_vals],
