@@ -13,7 +13,7 @@ from lipbound.errors import (
     UnsupportedOperatorError,
 )
 from lipbound.graph import Graph, trace
-from lipbound.local import LocalResult, jacobian_bounds, local_lipschitz
+from lipbound.local import LocalResult, jacobian_bounds, local_lipschitz, local_lipschitz_bab
 
 __version__ = "0.1.0"
 
@@ -37,5 +37,6 @@ __all__ = [
     "global_lipschitz",
     "jacobian_bounds",
     "local_lipschitz",
+    "local_lipschitz_bab",
     "trace",
 ]

@@ -281,6 +281,14 @@ def local_command(
     optimize: Annotated[
         bool, typer.Option("--optimize", help="Optimise the relaxation slopes by gradient ascent (slower, tighter).")
     ] = False,
+    bab: Annotated[
+        float | None,
+        typer.Option(
+            "--bab",
+            help="Tighten with Branch and Bound on ReLU phases for up to this many seconds per input and direction "
+            "(the bound stays certified at any time).",
+        ),
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option("--weights", help="A state dict (.pt) loaded into a 'module:factory' model.")
     ] = None,
@@ -303,6 +311,10 @@ def local_command(
             raise InvalidInputError(f"--eps must be a finite number >= 0, got {eps}")
         if batch_size < 1:
             raise InvalidInputError(f"--batch-size must be >= 1, got {batch_size}")
+        if bab is not None and not bab > 0:
+            raise InvalidInputError(f"--bab must be a positive number of seconds, got {bab}")
+        if bab is not None and method != Method.crown:
+            raise InvalidInputError("--bab refines the crown bound; it cannot be combined with --method interval")
         tdtype = torch.float64 if dtype == DType.float64 else torch.float32
         given_shape = parse_shape(input_shape)
         loaded, shape = load_cli_model(model, weights, given_shape)
@@ -313,8 +325,9 @@ def local_command(
         n_out = graph.output.numel
         cvec = parse_direction(c, n_out, tdtype)
         p: str | int = "inf" if norm == Norm.inf else int(norm.value)
-        rows = _run_local(graph, xs, eps, p, cvec, method.value, optimize, batch_size, tdtype)
-    _print_local(out, rows, model, eps, norm.value, method.value, optimize)
+        rows = _run_local(graph, xs, eps, p, cvec, method.value, optimize, batch_size, tdtype, bab)
+    shown = method.value + ("+bab" if bab is not None else "")
+    _print_local(out, rows, model, eps, norm.value, shown, optimize)
     if json_out is not None:
         payload = {
             "lipbound_version": lipbound.__version__,
@@ -323,8 +336,9 @@ def local_command(
             "eps": eps,
             "norm": norm.value,
             "c": c,
-            "method": method.value,
+            "method": shown,
             "optimize": optimize,
+            "bab_seconds": bab,
             "dtype": dtype.value,
             "results": rows,
             "total_seconds": sum(r["seconds"] for r in rows),
@@ -344,6 +358,7 @@ def _run_local(
     optimize: bool,
     batch_size: int,
     dtype: torch.dtype,
+    bab: float | None = None,
 ) -> list[dict]:
     """Bound every input (in chunks of ``batch_size``) with a progress bar on stderr; one dict per input."""
     rows: list[dict] = []
@@ -353,7 +368,14 @@ def _run_local(
         for start in range(0, len(xs), batch_size):
             xb = xs[start : start + batch_size]
             t0 = time.perf_counter()
-            r = lipbound.local_lipschitz(graph, xb, eps, norm=norm, c=c, method=method, optimize=optimize, dtype=dtype)
+            if bab is None:
+                r = lipbound.local_lipschitz(
+                    graph, xb, eps, norm=norm, c=c, method=method, optimize=optimize, dtype=dtype
+                )
+            else:
+                r = lipbound.local_lipschitz_bab(
+                    graph, xb, eps, norm=norm, c=c, time_budget=bab, optimize=optimize, dtype=dtype
+                )
             secs = float(getattr(r, "seconds", time.perf_counter() - t0)) / len(xb)
             for k in range(len(xb)):
                 up, lo = r.upper[k], r.lower[k]

@@ -33,14 +33,14 @@ from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
 
 # per effort: restart and ascent-step multipliers, local-search rounds, candidates per round and starting points.
-# "default" gets the "small" settings when the net is small (input dim * piecewise-linear neurons <= SMALL_NET).
+# "default" gets the "small" settings when B * K * input dim * piecewise-linear neurons <= SMALL_NET (cheap search).
 EFFORTS: dict[str, dict[str, float]] = {
-    "fast": {"restarts": 1.0, "steps": 1.0, "rounds": 0, "cands": 0, "starts": 0},
-    "default": {"restarts": 1.0, "steps": 1.0, "rounds": 0, "cands": 0, "starts": 0},
-    "small": {"restarts": 2.0, "steps": 1.0, "rounds": 8, "cands": 6, "starts": 3},
-    "thorough": {"restarts": 4.0, "steps": 2.0, "rounds": 20, "cands": 12, "starts": 5},
+    "fast": {"samples": 1, "restarts": 1, "steps": 1, "rounds": 0, "cands": 0, "starts": 0, "pool": 0},
+    "default": {"samples": 1, "restarts": 1, "steps": 1, "rounds": 0, "cands": 0, "starts": 0, "pool": 0},
+    "small": {"samples": 4, "restarts": 2, "steps": 1, "rounds": 8, "cands": 6, "starts": 3, "pool": 6},
+    "thorough": {"samples": 4, "restarts": 4, "steps": 2, "rounds": 20, "cands": 12, "starts": 5, "pool": 12},
 }
-SMALL_NET = 20000
+SMALL_NET = 50000
 MAX_SEARCH_DIM = 1024  # forward-mode Jacobian of the pre-activations costs input-dim forward passes
 
 
@@ -101,7 +101,15 @@ def _gates(op, z: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _flip_moves(
-    graph: Graph, x: Tensor, c: Tensor, norm: str, lo: Tensor, hi: Tensor, m: int, pursuit: int = 10, tabu: Tensor | None = None
+    graph: Graph,
+    x: Tensor,
+    c: Tensor,
+    norm: str,
+    lo: Tensor,
+    hi: Tensor,
+    m: int,
+    pursuit: int = 10,
+    tabu: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Points just across the hyperplanes of the ``m`` most promising single-neuron flips.
 
@@ -120,20 +128,28 @@ def _flip_moves(
     g = grads[0].reshape(n, d)
     zs = torch.cat([t[1].detach().reshape(n, -1) for t in taps], 1)  # (N, H)
     us = torch.cat(
-        [(gr if gr is not None else torch.zeros_like(t[2])).reshape(n, -1) for gr, t in zip(grads[1:], taps)], 1
+        [
+            (gr if gr is not None else torch.zeros_like(t[2])).reshape(n, -1)
+            for gr, t in zip(grads[1:], taps, strict=True)
+        ],
+        1,
     )
-    gate, other = zip(*[_gates(op, z.detach().reshape(n, -1)) for op, z, _ in taps])
+    gate, other = zip(*[_gates(op, z.detach().reshape(n, -1)) for op, z, _ in taps], strict=True)
     delta = (torch.cat(other, 1) - torch.cat(gate, 1)) * us  # (N, H)
     # Jacobian of every pre-activation: forward mode with one tangent per input coordinate
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     jac = []
     with torch.no_grad(), fwad.dual_level():
-        xd = fwad.make_dual(x.repeat_interleave(d, 0).reshape(n * d, *in_shape), eye.repeat(n, 1).reshape(-1, *in_shape))
+        xd = fwad.make_dual(
+            x.repeat_interleave(d, 0).reshape(n * d, *in_shape), eye.repeat(n, 1).reshape(-1, *in_shape)
+        )
         taps2: list = []
         _evaluate(graph, xd, None, taps2)
         for _, z, _ in taps2:
             t = fwad.unpack_dual(z).tangent
-            jac.append(torch.zeros(n, d, z[0].numel(), dtype=x.dtype, device=x.device) if t is None else t.reshape(n, d, -1))
+            jac.append(
+                torch.zeros(n, d, z[0].numel(), dtype=x.dtype, device=x.device) if t is None else t.reshape(n, d, -1)
+            )
     a = torch.cat(jac, 2).transpose(1, 2)  # (N, H, d): d z_j / d x
     new = dual_norm((g.unsqueeze(1) + delta.unsqueeze(2) * a).reshape(-1, d), norm).reshape(n, -1)
     # move in the box, l_inf-steepest, to just across z_j = 0 (linearised): x' = clamp(x + t dir)
@@ -203,7 +219,7 @@ def lower_bound(
     in_shape = x_lower.shape[1:]
     d = int(torch.Size(in_shape).numel())
     pwl = sum(n.numel for n in graph.nodes if isinstance(n.op, (ReLU, LeakyReLU)))
-    cfg = EFFORTS["small" if effort == "default" and d * pwl <= SMALL_NET else effort]
+    cfg = EFFORTS["small" if effort == "default" and b * k * d * pwl <= SMALL_NET else effort]
     nd = len(in_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     lo = x_lower.unsqueeze(1).expand(b, k, *in_shape)
@@ -230,14 +246,21 @@ def lower_bound(
 
     width = hi - lo
     consider(((lo + hi) / 2).unsqueeze(0))
+    pool: list[Tensor] = []
+    samples = samples * cfg["samples"]
     if samples > 0:
-        u = rand((samples, b, k, *in_shape))
-        consider(lo + u * width)
-        v = (rand((samples, b, k, *in_shape)) > 0.5).to(x_lower.dtype)
-        consider(lo + v * width)
+        u = lo + rand((samples, b, k, *in_shape)) * width
+        vals_u = consider(u)
+        v = lo + (rand((samples, b, k, *in_shape)) > 0.5).to(x_lower.dtype) * width
+        vals_v = consider(v)
+        n_pool = min(cfg["pool"], 2 * samples)
+        if n_pool > 0:  # the best sampled points also seed the region search
+            top = torch.cat([vals_u, vals_v]).topk(n_pool, dim=0).indices
+            pts = torch.cat([u, v])
+            pool = list(pts.gather(0, top.reshape(*top.shape, *([1] * nd)).expand(n_pool, *pts.shape[1:])).unbind(0))
     starts = [best_x.clone()]
-    restarts = max(int(round(restarts * cfg["restarts"])), 1) if restarts > 0 else 0
-    steps = int(round(steps * cfg["steps"]))
+    restarts = max(round(restarts * cfg["restarts"]), 1) if restarts > 0 else 0
+    steps = round(steps * cfg["steps"])
     if steps > 0 and restarts > 0:
         x = lo + rand((restarts, b, k, *in_shape)) * width
         x[0] = best_x
@@ -261,10 +284,10 @@ def lower_bound(
             run_x = torch.where(imp.reshape(*imp.shape, *([1] * nd)), x, run_x)
         order = run_best.argsort(0, descending=True)
         run_x = run_x.gather(0, order.reshape(*order.shape, *([1] * nd)).expand_as(run_x))
-        starts += list(run_x.unbind(0))
-    n_starts = int(cfg["starts"])
-    if cfg["rounds"] > 0 and n_starts > 0 and d <= MAX_SEARCH_DIM:
-        _region_search(graph, starts[:n_starts], lo, hi, c, norm, int(cfg["rounds"]), int(cfg["cands"]), consider)
+        starts += list(run_x.unbind(0))[: cfg["starts"]]
+    starts += pool
+    if cfg["rounds"] > 0 and d <= MAX_SEARCH_DIM:
+        _region_search(graph, starts, lo, hi, c, norm, cfg["rounds"], cfg["cands"], consider)
     return best.clamp(min=0), best_x
 
 

@@ -18,8 +18,6 @@ interfaces of :mod:`lipbound.ops.base`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -48,13 +46,15 @@ def backsubstitute(
     input_box: Bounds,
     alphas: Alphas | None = None,
     relax_cache: dict[int, Relaxation] | None = None,
-    stop: Callable[[Node], bool] | None = None,
+    linear: dict[str, Tensor] | None = None,
 ) -> Bounds:
     """Bounds ``(lo, up)`` of ``<lam_s, target>`` for every row ``s``; shapes ``(B, S)``.
 
     ``bounds`` must hold bounds of every input of an elementwise op that ``target`` depends on. ``alphas`` gives
     free lower-relaxation slopes per elementwise node (shape broadcastable to ``(B, S, *shape)``).
-    ``relax_cache`` memoises alpha-free relaxations across calls.
+    ``relax_cache`` memoises alpha-free relaxations across calls. If ``linear`` is a dict, it receives the bounds
+    as linear functions of the input before concretisation: ``A_l x + c_l <= <lam, target> <= A_u x + c_u`` for x
+    in the box (keys ``A_l``, ``c_l``, ``A_u``, ``c_u``; ``A`` of shape ``(B, S, *input_shape)``).
     """
     b, s = lam.shape[0], lam.shape[1]
     lam_u: dict[int, Tensor] = {id(target): lam}
@@ -68,10 +68,11 @@ def backsubstitute(
         au, al = lam_u.pop(key), lam_l.pop(key)
         op, k = node.op, len(node.shape)
         if isinstance(op, InputOp):
-            xl, xu = input_box
-            centre, radius = ((xl + xu) / 2).unsqueeze(1), ((xu - xl) / 2).unsqueeze(1)
-            const_u = const_u + _sum_trailing(au * centre + au.abs() * radius, k)
-            const_l = const_l + _sum_trailing(al * centre - al.abs() * radius, k)
+            if linear is not None:
+                linear.update(A_l=al, A_u=au)
+                input_node = node
+                continue
+            const_u, const_l = _concretise(input_box, au, al, const_u, const_l, k)
         elif isinstance(op, ConstOp):
             v = op.value.unsqueeze(1)
             const_u = const_u + _sum_trailing(au * v, k)
@@ -100,7 +101,23 @@ def backsubstitute(
                     _acc(lam_l, id(inp), pos_l * lws_l[i] + neg_l * uws_l[i])
         else:  # pragma: no cover - every op is one of the kinds above
             raise TypeError(f"no bound propagation rule for {op.describe()}")
+    if linear is not None:
+        linear.update(c_l=const_l, c_u=const_u)
+        if "A_u" in linear:
+            const_u, const_l = _concretise(
+                input_box, linear["A_u"], linear["A_l"], const_u, const_l, len(input_node.shape)
+            )
     return const_l, const_u
+
+
+def _concretise(input_box: Bounds, au: Tensor, al: Tensor, const_u: Tensor, const_l: Tensor, k: int):
+    """Add ``max / min over the box`` of ``<A, x>``: ``<A, x_c> +- <|A|, x_r>`` (centre/radius of the box)."""
+    xl, xu = input_box
+    centre, radius = ((xl + xu) / 2).unsqueeze(1), ((xu - xl) / 2).unsqueeze(1)
+    return (
+        const_u + _sum_trailing(au * centre + au.abs() * radius, k),
+        const_l + _sum_trailing(al * centre - al.abs() * radius, k),
+    )
 
 
 def _relaxation(

@@ -62,10 +62,30 @@ def relaxed_inputs(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if id(n) in cons]
 
 
+def apply_phases(b: Bounds, phase: Tensor | None) -> Bounds:
+    """Restrict bounds to a Branch-and-Bound domain: ``phase`` +1 forces ``z >= 0`` (ReLU active), -1 forces
+    ``z <= 0`` (inactive), 0 leaves the element free.
+
+    Active elements get ``l >= tiny > 0`` and inactive ones ``u <= -tiny < 0``, so their ReLU is linear and its
+    Jacobian gate fixed (1 or 0). On the face ``z = 0`` this drops Clarke gates in (0, 1); the sup of a norm over
+    the Clarke Jacobian is attained at limits of gradients from the open regions, which both domains cover.
+    A domain is empty when some ``l > u``.
+    """
+    if phase is None:
+        return b
+    l, u = b
+    tiny = torch.finfo(l.dtype).tiny
+    return torch.where(phase > 0, l.clamp(min=tiny), l), torch.where(phase < 0, u.clamp(max=-tiny), u)
+
+
 def interval_bounds(
-    graph: Graph, x_lower: Tensor, x_upper: Tensor, known: dict[int, Bounds] | None = None
+    graph: Graph,
+    x_lower: Tensor,
+    x_upper: Tensor,
+    known: dict[int, Bounds] | None = None,
+    phases: dict[int, Tensor] | None = None,
 ) -> dict[int, Bounds]:
-    """IBP bounds of every node (intersected with ``known`` bounds where given)."""
+    """IBP bounds of every node (intersected with ``known`` bounds where given, restricted by ``phases``)."""
     out: dict[int, Bounds] = {}
     for n in graph.nodes:
         if isinstance(n.op, InputOp):
@@ -78,7 +98,7 @@ def interval_bounds(
         if known is not None and id(n) in known:
             kl, ku = known[id(n)]
             b = (torch.maximum(b[0], kl), torch.minimum(b[1], ku))
-        out[id(n)] = b
+        out[id(n)] = apply_phases(b, (phases or {}).get(id(n)))
     return out
 
 
@@ -111,14 +131,18 @@ def bound_nodes(
     steps: int = 30,
     lr: float = 0.25,
     known: dict[int, Bounds] | None = None,
+    phases: dict[int, Tensor] | None = None,
+    linear: dict | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node that feeds a relaxed op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
 
     ``method``: ``"ibp"`` or ``"crown"``. ``optimize`` enables alpha-CROWN (``steps`` projected Adam steps).
-    ``known``: bounds already computed for some nodes (kept, not recomputed).
+    ``known``: bounds already computed for some nodes (kept, not recomputed). ``phases``: Branch-and-Bound
+    splits per node (see :func:`apply_phases`), shape ``(B, *node.shape)``. ``linear``: if a dict, receives
+    the CROWN bounds of each target as linear functions of the input (``{id(node): (rows, coefficients)}``).
     """
     known = known or {}
-    ibp = interval_bounds(graph, x_lower, x_upper, known)
+    ibp = interval_bounds(graph, x_lower, x_upper, known, phases)
     extra = extra or []
     cand = relaxed_inputs(graph) + [e for e in extra if all(e is not t for t in relaxed_inputs(graph))]
     order = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -128,7 +152,7 @@ def bound_nodes(
         return {**fixed, **{id(t): ibp[id(t)] for t in targets}}
     if method != "crown":
         raise ValueError(f"unknown bound method {method!r}")
-    ctx = _Context(graph, targets, ibp, (x_lower, x_upper), fixed, {id(e) for e in extra})
+    ctx = _Context(graph, targets, ibp, (x_lower, x_upper), fixed, {id(e) for e in extra}, phases or {}, linear)
     if not optimize:
         return ctx.run(None)[0]
     return _optimized(ctx, steps, lr)
@@ -143,8 +167,10 @@ def forward_bounds(graph: Graph, x_lower: Tensor, x_upper: Tensor, method: str =
 class _Context:
     """Everything one (sequential) CROWN pass over a graph needs."""
 
-    def __init__(self, graph, targets, ibp, box, fixed, extra_ids) -> None:
+    def __init__(self, graph, targets, ibp, box, fixed, extra_ids, phases, linear=None) -> None:
         self.graph, self.targets, self.ibp, self.box = graph, targets, ibp, box
+        self.phases = phases
+        self.linear = linear  # if a dict: receives {id(t): (rows, {A_l, c_l, A_u, c_u})} per target
         self.fixed, self.extra_ids = fixed, extra_ids
         self.cons = _consumers(graph)
         self.rows: dict[int, Tensor] | None = None
@@ -156,6 +182,8 @@ class _Context:
 
     def rows_of(self, t: Node, current: Bounds, bounds: dict[int, Bounds]) -> Tensor:
         mask = _needed(t, current, bounds, self.cons, self.extra_ids)
+        if self.linear is not None and id(t) in self.phases:  # split neurons: their linear bounds are wanted
+            mask = mask | (self.phases[id(t)] != 0)
         return mask.reshape(mask.shape[0], -1).any(0).nonzero().flatten()
 
     def run(
@@ -174,7 +202,10 @@ class _Context:
                 continue
             lam = identity_spec(t, batch, il)[:, idx]
             per = alphas.get(id(t)) if alphas else None
-            lo, up = backsubstitute(self.graph, t, lam, bounds, self.box, per, cache)
+            lin = {} if self.linear is not None else None
+            lo, up = backsubstitute(self.graph, t, lam, bounds, self.box, per, cache, linear=lin)
+            if lin is not None:
+                self.linear[id(t)] = (idx, lin)
             lo, up = outward(lo, up)
             raw[id(t)] = (lo, up)
             new_l, new_u = il.reshape(batch, -1).clone(), iu.reshape(batch, -1).clone()
@@ -184,7 +215,7 @@ class _Context:
             if best is not None and id(t) in best:
                 bl, bu = best[id(t)]
                 lo, up = torch.maximum(lo, bl), torch.minimum(up, bu)
-            bounds[id(t)] = (lo, up)
+            bounds[id(t)] = apply_phases((lo, up), self.phases.get(id(t)))
         return bounds, raw
 
 

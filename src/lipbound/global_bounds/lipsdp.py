@@ -206,8 +206,9 @@ def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | Non
     """Certified l2 LipSDP bound (``variant`` "neuron" or "layer"). Returns a dict with ``upper`` and details.
 
     ``solver``: None/"auto" (LipSDP-Neuron: SCS polished by the first-order method on small LMIs, the first-order
-    chain method alone on large or deep ones; LipSDP-Layer: always the first-order method), "first-order" (solver-free, :mod:`lipbound.global_bounds.lipsdp_fast`), or an
-    SDP solver through cvxpy ("scs", "clarabel", "mosek"). Whatever produced the multipliers, the reported bound
+    chain method alone on large or deep ones; LipSDP-Layer: always the first-order method), "first-order"
+    (solver-free, :mod:`lipbound.global_bounds.lipsdp_fast`), or an SDP solver through cvxpy ("scs", "clarabel",
+    "mosek"). Whatever produced the multipliers, the reported bound
     is :func:`certify_rho` of them.
     """
     check_lipsdp(net, "2")

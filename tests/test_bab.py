@@ -1,0 +1,42 @@
+"""Branch and Bound: always sound, and on tiny ReLU nets it closes the gap to the exact (MILP) value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lipbound
+from tests.reference.exact import exact_local_lipschitz_milp
+from tests.reference.nets import tiny_relu_mlp
+
+
+@pytest.mark.parametrize(
+    ("sizes", "seed", "eps", "norm"),
+    [([3, 8, 8, 8, 3], 5, 0.3, "inf"), ([2, 8, 8, 1], 2, 1.0, "inf"), ([2, 6, 6, 6, 1], 6, 0.6, 1)],
+)
+def test_bab_reaches_the_exact_value(sizes, seed, eps, norm):
+    model, w, b = tiny_relu_mlp(sizes, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(1, sizes[0], generator=gen, dtype=torch.float64)
+    c = torch.zeros(sizes[-1], dtype=torch.float64)
+    c[0] = 1.0
+    if sizes[-1] > 1:
+        c[1] = -1.0
+    exact = exact_local_lipschitz_milp(w, b, (x0 - eps)[0].numpy(), (x0 + eps)[0].numpy(), c.numpy(), norm)
+    crown = lipbound.local_lipschitz(model, x0, eps, norm=norm, c=c)
+    bab = lipbound.local_lipschitz_bab(model, x0, eps, norm=norm, c=c, time_budget=60)
+    stats = bab.details["bab"][0]
+    assert bab.upper.item() >= exact * (1 - 1e-9) - 1e-12  # sound
+    assert bab.upper.item() <= crown.upper.item() + 1e-9  # never looser than the root bound
+    assert not stats["timed_out"]
+    assert bab.upper.item() == pytest.approx(exact, rel=2e-4)  # the gap closes (to rtol)
+    assert bab.lower.item() <= exact * (1 + 1e-9)
+
+
+def test_bab_anytime_bound_is_sound_on_a_timeout():
+    model, w, b = tiny_relu_mlp([2, 16, 16, 1], 7)
+    x0 = torch.full((1, 2), 0.3, dtype=torch.float64)
+    exact = exact_local_lipschitz_milp(w, b, (x0 - 0.5)[0].numpy(), (x0 + 0.5)[0].numpy(), None, "inf")
+    r = lipbound.local_lipschitz_bab(model, x0, 0.5, time_budget=0.5, batch_domains=4)
+    assert r.upper.item() >= exact * (1 - 1e-9)
+    assert r.lower.item() <= exact * (1 + 1e-9)
