@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import lipbound
 from tests.reference.exact import exact_local_lipschitz_milp
 from tests.reference.nets import tiny_relu_mlp
+
+import lipbound
 
 
 @pytest.mark.parametrize(
