@@ -36,6 +36,8 @@ BATCHES = (1, 4, 16)
 QUICK_MODELS = ("simple-mlp-16", "simple-mlp-128")
 QUICK_EPS = (0.1,)
 QUICK_BATCHES = (1, 4)
+BAB_SECONDS = 10.0  # Branch and Bound budget per case (single-direction cases only)
+QUICK_BAB_SECONDS = 1.0
 MEMORY_MODEL = "simple-mlp-128"
 TIME_TARGET = ("simple-mlp-128", 1.0)  # crown on the 3-layer width-128 MLP in under 1 s
 
@@ -124,7 +126,7 @@ def _value(t: torch.Tensor) -> float:
     return float(t.reshape(t.shape[0], -1).amax(1).max())
 
 
-def bench_case(name: str, eps: float) -> dict[str, Any]:
+def bench_case(name: str, eps: float, bab_seconds: float = 10.0) -> dict[str, Any]:
     """All methods for one (model, eps) on one input."""
     graph, x0, c = _setup(name)
     lipbound.local_lipschitz(graph, x0, eps, c=c, lower=False)  # warm-up (first-call allocations)
@@ -142,6 +144,14 @@ def bench_case(name: str, eps: float) -> dict[str, Any]:
     row["crown_with_lower_seconds"] = secs
     row["gap"] = row["crown"] / row["lower"] if row["lower"] > 0 else float("inf")
     row["opt_gap"] = row["crown_opt"] / row["lower"] if row["lower"] > 0 else float("inf")
+    row["bab"] = row["bab_seconds"] = row["bab_domains"] = None
+    if c is not None and bab_seconds > 0:  # one output direction: Branch and Bound with a fixed budget
+        t0 = time.perf_counter()
+        rb = lipbound.local_lipschitz_bab(graph, x0, eps, c=c, time_budget=bab_seconds)
+        row["bab"], row["bab_seconds"] = _value(rb.upper), time.perf_counter() - t0
+        row["bab_domains"] = rb.details["bab"][0]["domains_evaluated"]
+        row["bab_closed"] = not rb.details["bab"][0]["timed_out"]
+        row["lower"] = max(row["lower"], _value(rb.lower))
     return row
 
 
@@ -182,7 +192,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     for name in models:
         for eps in eps_values:
             say(f"local: {name} eps={eps:g}")
-            rows.append(bench_case(name, eps))
+            rows.append(bench_case(name, eps, QUICK_BAB_SECONDS if quick else BAB_SECONDS))
     say(f"local: memory vs batch on {MEMORY_MODEL}")
     memory = bench_memory(MEMORY_MODEL, QUICK_BATCHES if quick else BATCHES)
     meta = {
@@ -203,15 +213,17 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
 def to_markdown(result: dict[str, Any]) -> str:
     """Markdown tables of :func:`run`'s result."""
     head = (
-        "| model | eps | crown | crown+opt | interval | lower | gap (crown/lower) | crown s | crown+opt s | "
-        "interval s | crown+lower s | crown peak MB |"
+        "| model | eps | crown | crown+opt | interval | crown+BaB | lower | gap (crown/lower) | crown s | "
+        "crown+opt s | interval s | BaB s (domains) | crown+lower s | crown peak MB |"
     )
-    lines = ["## Local Lipschitz bounds (l_inf input norm)", "", head, "|" + "---|" * 12]
+    lines = ["## Local Lipschitz bounds (l_inf input norm)", "", head, "|" + "---|" * 14]
     for r in result["rows"]:
+        bab = "-" if r.get("bab") is None else f"{r['bab']:.4g}" + ("" if r.get("bab_closed") else " (open)")
+        bab_s = "-" if r.get("bab") is None else f"{r['bab_seconds']:.1f} ({r['bab_domains']})"
         lines.append(
             f"| {r['model']} | {r['eps']:g} | {r['crown']:.4g} | {r['crown_opt']:.4g} | {r['interval']:.4g} | "
-            f"{r['lower']:.4g} | {r['gap']:.3f} | {r['crown_seconds']:.3f} | {r['crown_opt_seconds']:.3f} | "
-            f"{r['interval_seconds']:.3f} | {r['crown_with_lower_seconds']:.3f} | {r['crown_peak_mb']:.1f} |"
+            f"{bab} | {r['lower']:.4g} | {r['gap']:.3f} | {r['crown_seconds']:.3f} | {r['crown_opt_seconds']:.3f} | "
+            f"{r['interval_seconds']:.3f} | {bab_s} | {r['crown_with_lower_seconds']:.3f} | {r['crown_peak_mb']:.1f} |"
         )
     lines += ["", f"Memory: {result['meta']['memory_note']}.", "", "| model | batch | crown s | peak MB | MB/input |"]
     lines.append("|---|---|---|---|---|")
