@@ -26,6 +26,7 @@ from torch import Tensor
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
 from lipbound.graph.ir import Node
 from lipbound.graph.trace import BatchDim
+from lipbound.ops.shape import fill_inferred_dim
 
 
 class SymShape(tuple):
@@ -78,13 +79,7 @@ def resolve_reshape(x: Node, target: list[Any], where: str, allow_zero: bool = F
         raise UnsupportedOperatorError("reshape that moves the batch dimension", where)
     full = (None, *x.shape)
     rest = [int(full[i + 1]) if (s == 0 and allow_zero and i + 1 < len(full)) else int(s) for i, s in enumerate(rest)]
-    if rest.count(-1) > 1:
-        raise ShapeMismatchError(f"more than one -1 in reshape at {where!r}")
-    if -1 in rest:
-        known = math.prod(s for s in rest if s != -1)
-        if known == 0 or x.numel % known:
-            raise ShapeMismatchError(f"cannot reshape {x.shape} to {target} at {where!r}")
-        rest[rest.index(-1)] = x.numel // known
+    rest = fill_inferred_dim(rest, x.numel, x.shape, target, where)
     head = target[0]
     if math.prod(rest) != x.numel:
         if is_batch(head) or head == 0:

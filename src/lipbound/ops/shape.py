@@ -90,12 +90,17 @@ def _reshape(builder, module, args, kwargs):
         )
     if any(isinstance(s, BatchDim) for s in rest):
         raise UnsupportedOperatorError("reshape that moves the batch dimension", builder.origin)
-    rest = [int(s) for s in rest]
+    rest = fill_inferred_dim([int(s) for s in rest], x.numel, x.shape, tuple(shape), builder.origin)
+    return reshape_node(builder, x, tuple(rest))
+
+
+def fill_inferred_dim(rest: list[int], numel: int, in_shape, target, where: str) -> list[int]:
+    """Replace the (at most one) ``-1`` of a per-sample target shape by the size that keeps ``numel`` elements."""
     if rest.count(-1) > 1:
-        raise ShapeMismatchError(f"more than one -1 in reshape at {builder.origin!r}")
+        raise ShapeMismatchError(f"more than one -1 in reshape at {where!r}")
     if -1 in rest:
         known = math.prod(s for s in rest if s != -1)
-        if known == 0 or x.numel % known:
-            raise ShapeMismatchError(f"cannot reshape {x.shape} to {tuple(shape)} at {builder.origin!r}")
-        rest[rest.index(-1)] = x.numel // known
-    return reshape_node(builder, x, tuple(rest))
+        if known == 0 or numel % known:
+            raise ShapeMismatchError(f"cannot reshape {in_shape} to {target} at {where!r}")
+        rest[rest.index(-1)] = numel // known
+    return rest
