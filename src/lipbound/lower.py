@@ -13,7 +13,11 @@ so the maximum over the points we try is a valid lower bound on
    multilinear in the gates, so flipping the gate of neuron ``j`` alone changes it by exactly
    ``(s'_j - s_j) u_j a_j`` (``u_j = d c^T f / d h_j`` from one backward pass, ``a_j = d z_j / d x`` from one batched
    forward-mode pass). Every neuron's flip is scored at once, the best few are targeted by moving (in the box) just
-   across the neuron's linearised hyperplane ``z_j = 0``, and the exact gradient norm decides; repeated greedily.
+   across the neuron's linearised hyperplane ``z_j = 0`` (then Polyak steps on the linearised sign constraints of
+   the target region, projected onto the box), and the exact gradient norm decides. Each walker moves to its best
+   neighbour even when that is worse (flipped neurons are tabu, so it does not cycle); starts are the best points of
+   sampling and ascent. Runs under ``effort="default"`` only when the net is small (cheap), always under
+   ``"thorough"``.
 
 Only exact gradient norms (autograd on the exact network) enter the returned value.
 """
@@ -37,10 +41,11 @@ from lipbound.ops.relu import ReLU
 EFFORTS: dict[str, dict[str, float]] = {
     "fast": {"samples": 1, "restarts": 1, "steps": 1, "rounds": 0, "cands": 0, "starts": 0, "pool": 0},
     "default": {"samples": 1, "restarts": 1, "steps": 1, "rounds": 0, "cands": 0, "starts": 0, "pool": 0},
-    "small": {"samples": 4, "restarts": 2, "steps": 1, "rounds": 8, "cands": 6, "starts": 3, "pool": 6},
+    "small": {"samples": 16, "restarts": 4, "steps": 1, "rounds": 12, "cands": 8, "starts": 4, "pool": 8},
     "thorough": {"samples": 4, "restarts": 4, "steps": 2, "rounds": 20, "cands": 12, "starts": 5, "pool": 12},
 }
 SMALL_NET = 50000
+SEARCH_WORK = 5_000_000  # walkers * input dim * neurons * candidates per local-search round
 MAX_SEARCH_DIM = 1024  # forward-mode Jacobian of the pre-activations costs input-dim forward passes
 
 
@@ -113,8 +118,9 @@ def _flip_moves(
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Points just across the hyperplanes of the ``m`` most promising single-neuron flips.
 
-    ``x``, ``lo``, ``hi``: ``(N, d)`` (flattened), ``c``: ``(N, *out)``. Returns candidate points ``(N, m, d)`` and
-    whether each is valid ``(N, m)``; ``None`` if the graph has no piecewise-linear activation.
+    ``x``, ``lo``, ``hi``: ``(N, d)`` (flattened), ``c``: ``(N, *out)``; ``tabu`` ``(N, H)`` excludes neurons.
+    Returns candidate points ``(N, m, d)``, whether each is valid ``(N, m)`` and the targeted neuron ``(N, m)``;
+    ``None`` if the graph has no piecewise-linear activation.
     """
     n, d = x.shape
     in_shape = graph.input.shape
@@ -172,10 +178,10 @@ def _flip_moves(
     gi = idx.unsqueeze(2).expand(n, m, d)
     pick_dir, pick_room = direction.gather(1, gi), room.gather(1, gi)
     pick_step = step.gather(1, idx).unsqueeze(2)
-    delta = pick_dir * torch.minimum(pick_step, pick_room)  # (N, m, d): start of the pursuit
+    move = pick_dir * torch.minimum(pick_step, pick_room)  # (N, m, d): start of the pursuit
     # pursue the target region on the linearised pre-activations: every neuron keeps its sign except the flipped
     # one; Polyak steps on the total (row-normalised) hinge violation, projected onto the box
-    sig = torch.where(zs >= 0, 1.0, -1.0).to(x.dtype).unsqueeze(1).expand(n, m, -1).clone()  # (N, m, H)
+    sig = torch.where(zs > 0, 1.0, -1.0).to(x.dtype).unsqueeze(1).expand(n, m, -1).clone()  # (N, m, H)
     sig.scatter_(2, idx.unsqueeze(2), -sig.gather(2, idx.unsqueeze(2)))
     inv = 1.0 / anorm.clamp(min=1e-30)
     an = a * inv.unsqueeze(2)  # rows scaled to unit l1 norm
@@ -184,12 +190,12 @@ def _flip_moves(
     live = (anorm > 0).to(x.dtype).unsqueeze(1)
     dlo, dhi = (lo - x).unsqueeze(1), (hi - x).unsqueeze(1)
     for _ in range(pursuit):
-        viol = (mu - base - sig * torch.einsum("nhd,nmd->nmh", an, delta)).clamp(min=0) * live
+        viol = (mu - base - sig * torch.einsum("nhd,nmd->nmh", an, move)).clamp(min=0) * live
         dirn = torch.einsum("nmh,nhd->nmd", sig * (viol > 0).to(x.dtype), an)
         total = viol.sum(2, keepdim=True)
-        delta = delta + total / (dirn * dirn).sum(2, keepdim=True).clamp(min=1e-30) * dirn
-        delta = torch.minimum(torch.maximum(delta, dlo), dhi)
-    pts = x.unsqueeze(1) + delta
+        move = move + total / (dirn * dirn).sum(2, keepdim=True).clamp(min=1e-30) * dirn
+        move = torch.minimum(torch.maximum(move, dlo), dhi)
+    pts = x.unsqueeze(1) + move
     pts = torch.minimum(torch.maximum(pts, lo.unsqueeze(1)), hi.unsqueeze(1))
     return pts, torch.isfinite(top), idx
 
@@ -295,16 +301,21 @@ def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> N
     """Greedy local search over activation regions from ``starts`` (each ``(B, K, *in)``)."""
     b, k = c.shape[0], c.shape[1]
     in_shape = lo.shape[2:]
-    p = len(starts)
+    d = lo[0, 0].numel()
+    hidden = sum(nd.numel for nd in graph.nodes if isinstance(nd.op, (ReLU, LeakyReLU)))
+    p = max(1, min(len(starts), int(SEARCH_WORK // max(b * k * d * hidden * cands, 1))))  # bound the work per round
+    starts = starts[:p]
     x = torch.stack(starts).reshape(p * b * k, -1)  # (N, d)
     lof = lo.unsqueeze(0).expand(p, *lo.shape).reshape(p * b * k, -1)
     hif = hi.unsqueeze(0).expand(p, *hi.shape).reshape(p * b * k, -1)
     cc = c.unsqueeze(0).expand(p, *c.shape).reshape(p * b * k, *c.shape[2:])
     consider(x.reshape(p, b, k, *in_shape))
-    hidden = sum(nd.numel for nd in graph.nodes if isinstance(nd.op, (ReLU, LeakyReLU)))
     tabu = None
     for _ in range(rounds):
-        moves = _flip_moves(graph, x, cc, norm, lof, hif, cands, tabu=tabu)
+        try:
+            moves = _flip_moves(graph, x, cc, norm, lof, hif, cands, tabu=tabu)
+        except (RuntimeError, NotImplementedError):  # an op without forward-mode AD: keep what we have
+            return
         if moves is None:
             return
         pts, valid, idx = moves  # (N, m, d), (N, m), (N, m)
