@@ -280,6 +280,8 @@ def lower_bound(
             with torch.enable_grad():
                 xf = x.reshape(restarts * b * k, *in_shape).detach().requires_grad_(True)
                 gnorm = dual_norm(gradients(graph, xf, cc, beta=beta, create_graph=True), norm)
+                if not gnorm.requires_grad:  # an affine network: the gradient norm is constant
+                    break
                 (step,) = torch.autograd.grad(gnorm.sum(), xf)
             step = step.reshape(x.shape)
             size = 0.25 * width * (1 - t / steps)
