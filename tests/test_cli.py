@@ -214,3 +214,32 @@ def test_demo_quick_writes_png(tmp_path: Path) -> None:
     for row in rows:
         assert 0 < row["lower"] <= row["crown"] * (1 + 1e-9) <= row["interval"] * (1 + 1e-9)
     assert "digits-cnn" in r.stdout and "interval" in r.stdout
+
+
+def test_local_bab_tightens_and_stays_sound(tmp_path: Path) -> None:
+    out = tmp_path / "bab.json"
+    base = ["local", "bundled:simple-mlp-16", "--eps", "0.3", "--c", "margin:0,1", "--limit", "1"]
+    plain = runner.invoke(app, [*base, "--json", str(tmp_path / "plain.json")])
+    res = runner.invoke(app, [*base, "--bab", "5", "--json", str(out)])
+    assert plain.exit_code == 0 and res.exit_code == 0, res.output
+    crown = json.loads((tmp_path / "plain.json").read_text())["results"][0]
+    bab = json.loads(out.read_text())
+    row = bab["results"][0]
+    assert bab["method"] == "crown+bab"
+    assert row["lower"] <= row["upper"] <= crown["upper"] + 1e-9
+    assert row["upper"] < 0.9 * crown["upper"]  # 50.1 -> 41.9 (the exact value) on this net
+    bad = runner.invoke(app, [*base, "--bab", "0"])
+    _one_line_error(bad, "--bab must be a positive number")
+
+
+def test_global_bundled_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "g.json"
+    res = runner.invoke(app, ["global", "bundled:simple-mlp-16", "--method", "all", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["lipsdp-neuron"]["upper"] <= rows["product"]["upper"] * (1 + 1e-9)
+    model = load_bundled("simple-mlp-16").double()
+    x = torch.rand(64, 10, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda z: model(z).sum(0), x).permute(1, 0, 2)
+    sampled = torch.linalg.matrix_norm(jac, 2).max().item()
+    assert all(r["upper"] >= sampled * (1 - 1e-9) for r in rows.values() if r["upper"] is not None)
