@@ -76,6 +76,15 @@ def _norm(norm: Any) -> str:
     return NORMS[key]
 
 
+def _model_dtype(model: nn.Module | Graph) -> torch.dtype:
+    """The floating dtype of the model's parameters (float64 for graphs and parameter-free modules)."""
+    if isinstance(model, nn.Module):
+        p = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if p is not None:
+            return p.dtype
+    return torch.float64
+
+
 def _as_graph(model: nn.Module | Graph, input_shape: tuple[int, ...], dtype: torch.dtype, device) -> Graph:
     if isinstance(model, Graph):
         if model.input_shape != tuple(input_shape):
@@ -266,7 +275,7 @@ def local_lipschitz(
     nrm = _norm(norm)
     if method not in METHODS:
         raise InvalidInputError(f"method must be one of {METHODS}, got {method!r}")
-    dt = dtype or (model.parameters().__next__().dtype if isinstance(model, nn.Module) else torch.float64)
+    dt = dtype or _model_dtype(model)
     ref = torch.as_tensor(x0) if x0 is not None else torch.as_tensor(x_lower)
     dev = torch.device(device) if device is not None else ref.device
     xl, xu = _box(x0, eps, x_lower, x_upper, dt)
