@@ -13,7 +13,7 @@ import torch
 from tests.reference.exact import dual_norm, exact_by_enumeration, exact_local_lipschitz_milp
 from tests.reference.nets import tiny_relu_mlp
 
-from lipbound.local import _as_graph
+from lipbound.problem import as_graph
 from lipbound.lower import lower_bound
 
 CASES = [  # (layer sizes, seed, eps, margin (i, j) or None) as in test_local_exact
@@ -38,7 +38,7 @@ def _setup(sizes, seed, eps, margin):
         c[0] = 1.0
     else:
         c[margin[0]], c[margin[1]] = 1.0, -1.0
-    graph = _as_graph(model, (sizes[0],), torch.float64, "cpu")
+    graph = as_graph(model, (sizes[0],), torch.float64, "cpu")
     return model, w, b, x0 - eps, x0 + eps, c, graph
 
 
@@ -86,7 +86,7 @@ def test_lower_batched_bundled_mlp():
     from lipbound.models import load_bundled
 
     model = load_bundled("simple-mlp-16", torch.float64)
-    graph = _as_graph(model, (10,), torch.float64, "cpu")
+    graph = as_graph(model, (10,), torch.float64, "cpu")
     x0 = torch.stack([0.5 * torch.ones(10), 0.4 * torch.ones(10)]).double()
     lo, hi = x0 - 0.3, x0 + 0.3
     c = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 0.0]], dtype=torch.float64).expand(2, 3, 2)
