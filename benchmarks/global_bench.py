@@ -62,7 +62,11 @@ def predicted_seconds(method: str, width: int, depth: int, budget_hint: float = 
         # time budget with a certified bound), so it is never predicted beyond the budget
         return min(17.0 * (depth + 1) * (width / 256) ** 3, 0.9 * budget_hint)
     if method == "lipsdp-nsr":
-        return 0.3 * depth * (width / 32) ** 3
+        if width <= 64 and depth <= 4:  # default: SCS (+ first-order polish, ~1.5 s)
+            return 0.3 * depth * (width / 32) ** 3 + 1.5
+        # default beyond: solver-free first-order chain method (2 x 256: ~13 s, 18 x 32: ~8 s); anytime, stops at the
+        # time budget with a certified bound
+        return min(1.0 + (depth + 1) * (0.5 + 4.5 * (width / 256) ** 3), 0.9 * budget_hint)
     return math.inf
 
 

@@ -34,6 +34,10 @@ MAX_LMI_ROWS = {"lipsdp-neuron": 700, "lipsdp-layer": 900, "lipsdp-nsr": 260}
 #: LipSDP-Neuron/Layer on large or deep nets run the first-order chain method (cost ~ sum of width^3 per step);
 #: above this cost "auto" skips them (2 x 256 hidden: cost 5.0e7, ~20 s; 2 x 512: 4.0e8, budget-limited)
 MAX_CHAIN_COST = 1.2e8
+#: LipSDP-NSR on plain l2 nets runs the solver-free chain method (nsr_fast) beyond small sizes: anytime (30 s default
+#: budget), 2 x 256 MaxMin (cost 5.0e7) ~13 s, 2 x 512 (4.0e8) ~30 s; "auto" skips it above this cost. Residual
+#: blocks and l_inf still use SCS (MAX_LMI_ROWS).
+MAX_NSR_CHAIN_COST = 1.2e9
 
 
 @dataclass
@@ -110,7 +114,11 @@ def chain_cost(net: LayeredNetwork) -> float:
     return float(min(dims[0], dims[1]) ** 3 + sum(d**3 for d in dims[1:-1])) if net.depth else 0.0
 
 
-def _too_large(net: LayeredNetwork, m: str) -> str | None:
+def _too_large(net: LayeredNetwork, m: str, norm: str = "2") -> str | None:
+    if m == "lipsdp-nsr" and norm == "2" and not any(net.residual):
+        if chain_cost(net) > MAX_NSR_CHAIN_COST:
+            return f"chain cost {chain_cost(net):.2g} exceeds the budget ({MAX_NSR_CHAIN_COST:.2g})"
+        return None
     if m in ("lipsdp-layer", "lipsdp-neuron"):
         if chain_cost(net) > MAX_CHAIN_COST:
             return f"chain cost {chain_cost(net):.2g} exceeds the budget ({MAX_CHAIN_COST:.2g})"
@@ -138,8 +146,8 @@ def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_b
         return lipsdp_bound(net, method.split("-")[1], solver, time_budget)
     from lipbound.global_bounds.nsr import nsr_bound
 
-    if solver is not None and solver.lower() in ("auto", "first-order"):
-        solver = None  # the first-order path is LipSDP-Neuron/Layer only; NSR uses its default SDP solver
+    # "auto"/"first-order": plain l2 nets use the solver-free chain method (SCS+polish on small ones), residual
+    # and l_inf ones SCS; details["solver"] says which ran
     return nsr_bound(net, norm, solver, time_budget)
 
 
@@ -159,7 +167,8 @@ def global_lipschitz(
     ``norm``: 2 or "inf" (same norm on input and output). ``method``: one of :data:`METHODS` or "auto".
     ``solver``: for "lipsdp-neuron"/"lipsdp-layer" None/"auto" (default: SCS polished by the first-order method on
     small LMIs, the solver-free first-order chain method on large or deep nets; ``details["solver"]`` says which),
-    "first-order", "scs", "clarabel" or "mosek"; for "lipsdp-nsr" "scs" (default), "clarabel" or "mosek".
+    "first-order", "scs", "clarabel" or "mosek"; the same for "lipsdp-nsr" (default on plain l2 nets: SCS polished
+    by the first-order chain method up to width 64 / depth 4, the first-order method beyond; residual or l_inf: SCS).
     ``time_budget``: seconds per solver run (the first-order method stops there with a certified bound).
     If an SDP solver fails, the next method (neuron -> layer -> product, nsr -> product) is used and
     ``details["fallbacks"]`` says so.
@@ -210,8 +219,8 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     for m in order:
         if ok[m] is not None:
             continue
-        if _too_large(net, m):
-            skipped[m] = _too_large(net, m)
+        if _too_large(net, m, norm):
+            skipped[m] = _too_large(net, m, norm)
             continue
         neuron_fits = ok["lipsdp-neuron"] is None and _too_large(net, "lipsdp-neuron") is None
         if m == "lipsdp-layer" and neuron_fits:
