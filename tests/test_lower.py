@@ -13,8 +13,8 @@ import torch
 from tests.reference.exact import dual_norm, exact_by_enumeration, exact_local_lipschitz_milp
 from tests.reference.nets import tiny_relu_mlp
 
-from lipbound.problem import as_graph
 from lipbound.lower import lower_bound
+from lipbound.problem import as_graph
 
 CASES = [  # (layer sizes, seed, eps, margin (i, j) or None) as in test_local_exact
     ((2, 8, 8, 1), 0, 0.1, None),

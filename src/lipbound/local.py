@@ -29,9 +29,6 @@ from lipbound.graph.ir import Graph
 from lipbound.lower import lower_bound
 from lipbound.problem import Problem, check_method, make_problem, parse_norm
 
-# names used by lipbound.bab
-_norm_upper, _propagate = norm_upper, propagate
-
 
 @dataclass
 class LocalResult:
@@ -187,6 +184,8 @@ def local_lipschitz_bab(
     batch_domains: int = 64,
     rtol: float = 1e-4,
     optimize: bool = False,
+    input_split: str = "off",
+    max_domains: int | None = None,
     seed: int = 0,
 ) -> LocalResult:
     """:func:`local_lipschitz` tightened by Branch and Bound on ReLU phases (see :mod:`lipbound.bab`).
@@ -194,6 +193,8 @@ def local_lipschitz_bab(
     Same arguments and result as :func:`local_lipschitz`; ``time_budget`` seconds are spent on EACH (input,
     direction) problem. The upper bound is certified at any time (anytime algorithm); ``details["bab"]`` says how
     many domains were explored and whether the budget ran out before the gap closed to ``rtol``.
+    ``input_split``: ``"off"`` (ReLU splits only), ``"on"`` (input-box splits only) or ``"mixed"``;
+    ``max_domains`` stops each problem after that many domains (deterministic runs).
     """
     from lipbound.bab import branch_and_bound
 
@@ -218,6 +219,8 @@ def local_lipschitz_bab(
                     batch=batch_domains,
                     rtol=rtol,
                     optimize=optimize,
+                    input_split=input_split,
+                    max_domains=max_domains,
                 )
                 upper[i, j] = up
                 stats.append(st.__dict__)
