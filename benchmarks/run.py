@@ -109,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         md = run_global(args.out, args.quick)
         if md:
             parts.append(md)
-    text = "# lipbound benchmark results\n\n" + "\n\n".join(parts) + "\n"
-    write_atomic(args.out / "README.md", text)
-    print(text)
+    print("\n\n".join(parts))
+    # the index keeps the tables of suites not re-run this time (--only)
+    tables = [(args.out / name).read_text() for name in ("local.md", "global.md") if (args.out / name).exists()]
+    write_atomic(args.out / "README.md", "# lipbound benchmark results\n\n" + "\n\n".join(tables) + "\n")
     return 0
 
 
