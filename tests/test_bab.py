@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.reference.exact import exact_local_lipschitz_milp
-from tests.reference.nets import tiny_relu_mlp
+from tests.reference.nets import tiny_margin_problem, tiny_relu_mlp
 
 import lipbound
 
@@ -15,13 +15,7 @@ import lipbound
     [([3, 8, 8, 8, 3], 5, 0.3, "inf"), ([2, 8, 8, 1], 2, 1.0, "inf"), ([2, 6, 6, 6, 1], 6, 0.6, 1)],
 )
 def test_bab_reaches_the_exact_value(sizes, seed, eps, norm):
-    model, w, b = tiny_relu_mlp(sizes, seed)
-    gen = torch.Generator().manual_seed(seed)
-    x0 = torch.rand(1, sizes[0], generator=gen, dtype=torch.float64)
-    c = torch.zeros(sizes[-1], dtype=torch.float64)
-    c[0] = 1.0
-    if sizes[-1] > 1:
-        c[1] = -1.0
+    model, w, b, x0, c = tiny_margin_problem(sizes, seed)
     exact = exact_local_lipschitz_milp(w, b, (x0 - eps)[0].numpy(), (x0 + eps)[0].numpy(), c.numpy(), norm)
     crown = lipbound.local_lipschitz(model, x0, eps, norm=norm, c=c)
     bab = lipbound.local_lipschitz_bab(model, x0, eps, norm=norm, c=c, time_budget=60)

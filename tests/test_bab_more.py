@@ -6,20 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.reference.exact import exact_local_lipschitz_milp
-from tests.reference.nets import tiny_relu_mlp
+from tests.reference.nets import tiny_margin_problem
 
 from lipbound.bab import _tighten_box, branch_and_bound
 from lipbound.graph.trace import trace
 
 
 def _problem(sizes, seed, eps):
-    model, w, b = tiny_relu_mlp(sizes, seed)
-    gen = torch.Generator().manual_seed(seed)
-    x0 = torch.rand(1, sizes[0], generator=gen, dtype=torch.float64)
-    c = torch.zeros(sizes[-1], dtype=torch.float64)
-    c[0] = 1.0
-    if sizes[-1] > 1:
-        c[1] = -1.0
+    model, w, b, x0, c = tiny_margin_problem(sizes, seed)
     xl, xu = x0 - eps, x0 + eps
     exact = exact_local_lipschitz_milp(w, b, xl[0].numpy(), xu[0].numpy(), c.numpy(), "inf")
     graph = trace(model, (sizes[0],)).to(torch.float64)

@@ -295,3 +295,16 @@ def margin_vector(out_dim: int, i: int, j: int) -> Tensor:
     c = torch.zeros(out_dim, dtype=DTYPE)
     c[i], c[j] = 1.0, -1.0
     return c
+
+
+def tiny_margin_problem(sizes: Sequence[int], seed: int) -> tuple[nn.Sequential, list, list, Tensor, Tensor]:
+    """A seeded tiny ReLU MLP, its numpy weights and biases, a centre ``x0`` (1, in) in [0, 1) and the direction
+    ``c = e_0 - e_1`` (``e_0`` for a scalar output) -- the setup shared by the Branch and Bound tests."""
+    model, w, b = tiny_relu_mlp(sizes, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(1, sizes[0], generator=gen, dtype=DTYPE)
+    c = torch.zeros(sizes[-1], dtype=DTYPE)
+    c[0] = 1.0
+    if sizes[-1] > 1:
+        c[1] = -1.0
+    return model, w, b, x0, c

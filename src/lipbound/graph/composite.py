@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -141,3 +142,18 @@ class SortIndices:
 
     def __init__(self, where: str) -> None:
         self.where = where
+
+
+def registrar(table: dict[str, Any]) -> Callable[..., Callable[[Any], Any]]:
+    """``@register("A", "B")`` decorator factory that files a handler under several op names in ``table``
+    (the importers' translation tables)."""
+
+    def register(*names: str) -> Callable[[Any], Any]:
+        def deco(fn: Any) -> Any:
+            for n in names:
+                table[n] = fn
+            return fn
+
+        return deco
+
+    return register

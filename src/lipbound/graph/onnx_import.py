@@ -45,6 +45,7 @@ from lipbound.graph.composite import (
     maximum,
     minimum,
     permute,
+    registrar,
     reshape,
     select,
     sort_last,
@@ -175,13 +176,7 @@ Handler = Callable[["_OnnxImporter", list[Any], dict[str, Any]], Any]
 _OPS: dict[str, Handler] = {}
 
 
-def _op(*names: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        for n in names:
-            _OPS[n] = fn
-        return fn
-
-    return deco
+_op = registrar(_OPS)
 
 
 def supported_onnx_ops() -> list[str]:

@@ -32,6 +32,7 @@ from lipbound.graph.composite import (
     maximum,
     minimum,
     permute,
+    registrar,
     reshape,
     select,
     sort_last,
@@ -111,13 +112,7 @@ AtenHandler = Callable[["_Interpreter", list[Any]], Any]
 _ATEN: dict[str, AtenHandler] = {}
 
 
-def _aten(*names: str) -> Callable[[AtenHandler], AtenHandler]:
-    def deco(fn: AtenHandler) -> AtenHandler:
-        for n in names:
-            _ATEN[n] = fn
-        return fn
-
-    return deco
+_aten = registrar(_ATEN)
 
 
 def supported_aten_ops() -> list[str]:
