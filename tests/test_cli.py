@@ -243,3 +243,16 @@ def test_global_bundled_table_and_json(tmp_path: Path) -> None:
     jac = torch.autograd.functional.jacobian(lambda z: model(z).sum(0), x).permute(1, 0, 2)
     sampled = torch.linalg.matrix_norm(jac, 2).max().item()
     assert all(r["upper"] >= sampled * (1 - 1e-9) for r in rows.values() if r["upper"] is not None)
+
+
+def test_monotone_command(tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["monotone", "bundled:simple-mlp-16", "--eps", "0.05", "--limit", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 * 2  # 2 inputs x 2 outputs
+    for row in rows:
+        parts = row["non_decreasing"] + row["non_increasing"] + row["not_monotone"] + row["unknown"]
+        assert set(parts) == set(range(10))
+        assert not set(row["non_decreasing"]) & set(row["not_monotone"])
+    _one_line_error(runner.invoke(app, ["monotone", "bundled:simple-mlp-16", "--bisections", "40"]), "--bisections")

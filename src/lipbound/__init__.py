@@ -14,6 +14,7 @@ from lipbound.errors import (
 )
 from lipbound.graph import Graph, trace
 from lipbound.local import LocalResult, jacobian_bounds, local_lipschitz, local_lipschitz_bab
+from lipbound.monotonicity import MonotonicityResult, certify_monotonicity
 
 __version__ = "0.1.0"
 
@@ -32,8 +33,10 @@ __all__ = [
     "LipboundError",
     "LocalResult",
     "ModelLoadError",
+    "MonotonicityResult",
     "ShapeMismatchError",
     "UnsupportedOperatorError",
+    "certify_monotonicity",
     "global_lipschitz",
     "jacobian_bounds",
     "local_lipschitz",
