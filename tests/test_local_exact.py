@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 from tests.reference.exact import exact_by_enumeration, exact_local_lipschitz_milp
-from tests.reference.nets import tiny_relu_mlp
+from tests.reference.nets import TINY_EXACT_CASES, tiny_relu_mlp
 
 TOL = 1e-6
-CASES = [  # (layer sizes, seed, eps, margin (i, j) or None)
-    ((2, 8, 8, 1), 0, 0.1, None),
-    ((2, 8, 8, 1), 1, 0.5, None),
-    ((2, 8, 8, 1), 2, 1.0, None),
-    ((3, 6, 6, 2), 3, 0.2, (0, 1)),
-    ((3, 6, 6, 2), 4, 0.8, (1, 0)),
-    ((3, 8, 8, 8, 3), 5, 0.3, (0, 2)),
-    ((2, 5, 5, 5, 5, 1), 6, 0.6, None),
-]
+CASES = TINY_EXACT_CASES
 NORMS = ("inf", 2, 1)
 
 

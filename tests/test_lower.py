@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import torch
 from tests.reference.exact import dual_norm, exact_by_enumeration, exact_local_lipschitz_milp
-from tests.reference.nets import tiny_relu_mlp
+from tests.reference.nets import TINY_EXACT_CASES, tiny_relu_mlp
 
 from lipbound.lower import lower_bound
 from lipbound.problem import as_graph
 
-CASES = [  # (layer sizes, seed, eps, margin (i, j) or None) as in test_local_exact
-    ((2, 8, 8, 1), 0, 0.1, None),
-    ((2, 8, 8, 1), 1, 0.5, None),
-    ((2, 8, 8, 1), 2, 1.0, None),
-    ((3, 6, 6, 2), 3, 0.2, (0, 1)),
-    ((3, 6, 6, 2), 4, 0.8, (1, 0)),
-    ((3, 8, 8, 8, 3), 5, 0.3, (0, 2)),
-    ((2, 5, 5, 5, 5, 1), 6, 0.6, None),
-]
+CASES = TINY_EXACT_CASES
 NORMS = ("inf", "2", "1")
 # (case index, norm): the previous version reached 0.863, 0.587 and 0.900 of exact
 CLOSE = [(2, "inf"), (4, "1"), (5, "1")]

@@ -308,3 +308,15 @@ def tiny_margin_problem(sizes: Sequence[int], seed: int) -> tuple[nn.Sequential,
     if sizes[-1] > 1:
         c[1] = -1.0
     return model, w, b, x0, c
+
+
+#: tiny ReLU nets with exact references: (layer sizes, seed, eps, margin (i, j) or None)
+TINY_EXACT_CASES = [
+    ((2, 8, 8, 1), 0, 0.1, None),
+    ((2, 8, 8, 1), 1, 0.5, None),
+    ((2, 8, 8, 1), 2, 1.0, None),
+    ((3, 6, 6, 2), 3, 0.2, (0, 1)),
+    ((3, 6, 6, 2), 4, 0.8, (1, 0)),
+    ((3, 8, 8, 8, 3), 5, 0.3, (0, 2)),
+    ((2, 5, 5, 5, 5, 1), 6, 0.6, None),
+]

@@ -226,16 +226,9 @@ def _first_order(Ws, slopes, per_neuron, time_budget, start, iters, mus):
             info["timed_out"] = time.perf_counter() > deadline
             return lams, info
         theta_n = torch.from_numpy(np.log(np.concatenate(lams)))
-    elif not per_neuron:
-        obj = _Objective(Ws, slopes, dims, False)
-        theta_n, f = run(obj, theta_n, 1.0)
-        info["stages"].append({"stage": "layer", "evals": obj.evals, "rho": math.exp(f)})
-        info["seconds"] = time.perf_counter() - t0
-        info["timed_out"] = time.perf_counter() > deadline
-        return [l.detach().numpy().copy() for l in obj.lams(theta_n)], info
-    obj = _Objective(Ws, slopes, dims, True)
+    obj = _Objective(Ws, slopes, dims, per_neuron)
     theta_n, f = run(obj, theta_n, 1.0)
-    info["stages"].append({"stage": "neuron", "evals": obj.evals, "rho": math.exp(f)})
+    info["stages"].append({"stage": "neuron" if per_neuron else "layer", "evals": obj.evals, "rho": math.exp(f)})
     info["seconds"] = time.perf_counter() - t0
     info["timed_out"] = time.perf_counter() > deadline
     return [l.detach().numpy().copy() for l in obj.lams(theta_n)], info
