@@ -1,10 +1,12 @@
-"""Benchmark driver (``make bench``): local bounds (``local_bench.py``) and, when present, global bounds.
+"""Benchmark driver (``make bench``): every suite ``benchmarks/<name>_bench.py`` in one run.
 
-Writes ``<out>/local.json`` + ``<out>/local.md`` and, if ``benchmarks/global_bench.py`` exists, its ``run()``
-result as ``<out>/global.json`` + ``<out>/global.md``; ``<out>/README.md`` concatenates the Markdown tables.
-JSON files are written atomically (temp file, then rename).
+A suite module defines ``run(quick: bool = False)`` returning a JSON-serialisable result (a dict or a list of
+rows) and, optionally, ``to_markdown(result)`` / ``markdown(result)`` rendering it. The driver writes
+``<out>/<name>.json`` and ``<out>/<name>.md`` atomically (temp file, then rename) as each suite finishes, and
+``<out>/README.md`` concatenates the Markdown tables of every suite present (suites not re-run keep their tables).
+A suite that raises is reported and does not stop the others. ``local`` runs first, then the rest by name.
 
-Usage: ``python benchmarks/run.py [--quick] [--only local|global] [--out DIR]``.
+Usage: ``python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-import local_bench  # noqa: E402
 
 
 def _umask() -> int:
@@ -49,12 +49,10 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_local(out: Path, quick: bool) -> str:
-    result = local_bench.run(quick=quick, progress=_log)
-    md = local_bench.to_markdown(result)
-    write_atomic(out / "local.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(out / "local.md", md)
-    return md
+def suites() -> list[str]:
+    """Names of the benchmark suites in this directory (``local`` first)."""
+    names = sorted(p.name[: -len("_bench.py")] for p in HERE.glob("*_bench.py"))
+    return sorted(names, key=lambda n: (n != "local", n))
 
 
 def _generic_table(rows: list[dict[str, Any]]) -> str:
@@ -65,24 +63,22 @@ def _generic_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_global(out: Path, quick: bool) -> str | None:
-    """Call ``benchmarks/global_bench.py:run()`` if that file exists; its ``to_markdown``/``markdown(result)``
-    renders the table (else a str result, a dict's ``markdown`` entry, or a generic table of its rows)."""
-    path = HERE / "global_bench.py"
-    if not path.exists():
-        _log("global: benchmarks/global_bench.py not present, skipped")
-        return None
-    spec = importlib.util.spec_from_file_location("global_bench", path)
+def run_suite(name: str, out: Path, quick: bool) -> str:
+    """Run ``benchmarks/<name>_bench.py:run()``, write its JSON and Markdown, return the Markdown."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", HERE / f"{name}_bench.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    kwargs = {"quick": quick} if "quick" in inspect.signature(mod.run).parameters else {}
-    _log("global: running global_bench.run()")
+    params = inspect.signature(mod.run).parameters
+    kwargs: dict[str, Any] = {"quick": quick} if "quick" in params else {}
+    if "progress" in params:
+        kwargs["progress"] = _log
+    _log(f"{name}: running")
     result = mod.run(**kwargs)
     if isinstance(result, str):
         md = result
     else:
-        write_atomic(out / "global.json", json.dumps(result, indent=2, default=str) + "\n")
+        write_atomic(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
         render = getattr(mod, "to_markdown", None) or getattr(mod, "markdown", None)
         if callable(render):
             md = render(result)
@@ -90,30 +86,35 @@ def run_global(out: Path, quick: bool) -> str | None:
             md = result["markdown"]
         else:
             rows = result.get("rows", []) if isinstance(result, dict) else result
-            md = "## Global Lipschitz bounds\n\n" + _generic_table(list(rows))
-    write_atomic(out / "global.md", md)
+            md = f"## {name}\n\n" + _generic_table(list(rows))
+    write_atomic(out / f"{name}.md", md)
     return md
 
 
 def main(argv: list[str] | None = None) -> int:
+    available = suites()
     ap = argparse.ArgumentParser(description="Run lipbound's benchmarks and write JSON + Markdown tables.")
     ap.add_argument("--quick", action="store_true", help="few cases (a smoke test)")
-    ap.add_argument("--only", choices=("local", "global"), help="run only one suite")
+    ap.add_argument("--only", help=f"comma-separated suites to run (default: all of {', '.join(available)})")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     args = ap.parse_args(argv)
+    chosen = available if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        ap.error(f"unknown suite(s) {', '.join(unknown)}; available: {', '.join(available)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = []
-    if args.only in (None, "local"):
-        parts.append(run_local(args.out, args.quick))
-    if args.only in (None, "global"):
-        md = run_global(args.out, args.quick)
-        if md:
-            parts.append(md)
+    parts, failed = [], []
+    for name in chosen:
+        try:
+            parts.append(run_suite(name, args.out, args.quick))
+        except Exception as e:  # one broken suite must not lose the others' results
+            _log(f"{name}: FAILED: {type(e).__name__}: {e}")
+            failed.append(name)
     print("\n\n".join(parts))
     # the index keeps the tables of suites not re-run this time (--only)
-    tables = [(args.out / name).read_text() for name in ("local.md", "global.md") if (args.out / name).exists()]
+    tables = [(args.out / f"{n}.md").read_text() for n in available if (args.out / f"{n}.md").exists()]
     write_atomic(args.out / "README.md", "# lipbound benchmark results\n\n" + "\n\n".join(tables) + "\n")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class BundledSpec:
     input_shape: tuple[int, ...]
     weights: str
     samples: str
+    package: str = DATA_PACKAGE  # importable package holding ``weights`` and ``samples``
 
 
 def _specs() -> dict[str, BundledSpec]:
@@ -102,6 +103,13 @@ def _specs() -> dict[str, BundledSpec]:
 BUNDLED: dict[str, BundledSpec] = _specs()
 
 
+def register_bundled(spec: BundledSpec) -> None:
+    """Make ``spec`` loadable by name (application subpackages ship their own models this way)."""
+    if spec.name in BUNDLED and BUNDLED[spec.name] != spec:
+        raise ValueError(f"bundled model name {spec.name!r} is already registered")
+    BUNDLED[spec.name] = spec
+
+
 def bundled_names() -> list[str]:
     """Names accepted by :func:`load_bundled` (and by the CLI as ``bundled:<name>``)."""
     return list(BUNDLED)
@@ -114,9 +122,9 @@ def _spec(name: str) -> BundledSpec:
     return spec
 
 
-def _read_bytes(filename: str) -> bytes:
+def _read_bytes(filename: str, package: str = DATA_PACKAGE) -> bytes:
     try:
-        return resources.files(DATA_PACKAGE).joinpath(filename).read_bytes()
+        return resources.files(package).joinpath(filename).read_bytes()
     except (FileNotFoundError, ModuleNotFoundError) as e:
         raise ModelLoadError(
             f"bundled data file {filename!r} is missing from the lipbound package (run scripts/train_models.py)"
@@ -128,7 +136,7 @@ def load_bundled(name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     spec = _spec(name)
     model = spec.factory()
     try:
-        state = torch.load(io.BytesIO(_read_bytes(spec.weights)), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(_read_bytes(spec.weights, spec.package)), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except ModelLoadError:
         raise
@@ -145,18 +153,17 @@ def bundled_input_shape(name: str) -> tuple[int, ...]:
 def load_samples(name: str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Shipped test inputs for model ``name``, shaped ``(N, *input_shape)``, and their integer labels ``(N,)``."""
     spec = _spec(name)
-    with np.load(io.BytesIO(_read_bytes(spec.samples))) as data:
+    with np.load(io.BytesIO(_read_bytes(spec.samples, spec.package))) as data:
         x = torch.as_tensor(data["x"]).to(dtype)
         y = torch.as_tensor(data["y"]).long()
     return x.reshape(x.shape[0], *spec.input_shape), y
 
 
 @cache
-def _info() -> dict[str, Any]:
-    return json.loads(_read_bytes("models.json").decode())
+def _info(package: str = DATA_PACKAGE) -> dict[str, Any]:
+    return json.loads(_read_bytes("models.json", package).decode())
 
 
 def model_info(name: str) -> dict[str, Any]:
-    """Training record of ``name`` from ``models.json`` (architecture, seed, accuracies, ...)."""
-    _spec(name)
-    return dict(_info()["models"][name])
+    """Training record of ``name`` from its package's ``models.json`` (architecture, seed, accuracies, ...)."""
+    return dict(_info(_spec(name).package)["models"][name])
