@@ -10,6 +10,7 @@ from above (certified, ``upper``) and from below (a value attained at a point of
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -535,4 +536,22 @@ def _register_global() -> None:
     app.command("global")(global_command)
 
 
+# Application subcommands, one row each: (command name, "module:attribute", kind). kind "app" mounts a typer.Typer
+# (a group such as ``lipbound smooth certify``), kind "command" registers a single function as ``lipbound NAME``.
+APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
+    # ("smooth", "lipbound.smoothing.cli:app", "app"),
+]
+
+
+def _register_applications() -> None:
+    for name, target, kind in APPLICATION_COMMANDS:
+        module_name, attribute = target.split(":")
+        obj = getattr(importlib.import_module(module_name), attribute)
+        if kind == "app":
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
+
+
 _register_global()
+_register_applications()
