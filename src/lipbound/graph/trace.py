@@ -64,7 +64,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True)
         ) from e
 
     param = next(iter(model.parameters()), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float64
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(1, *input_shape, dtype=dtype, device=device)
     b = GraphBuilder(example)
@@ -143,7 +143,7 @@ def check_against(graph: Graph, model: nn.Module, input_shape: tuple[int, ...], 
     """Raise if the traced graph does not reproduce ``model`` on random inputs."""
     gen = torch.Generator().manual_seed(0)
     p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
     x = torch.randn(3, *input_shape, generator=gen, dtype=torch.float64).to(dtype)
     with torch.no_grad():
         ref = model(x)
