@@ -54,9 +54,10 @@ def backsubstitute(
     ``bounds`` must hold bounds of every input of an elementwise op that ``target`` depends on. ``alphas`` gives
     free lower-relaxation slopes per elementwise node (shape broadcastable to ``(B, S, *shape)``).
     ``relax_cache`` memoises alpha-free relaxations (and the rounding magnitudes) across calls. The result bounds
-    the exact real-number value, rounding included (:mod:`lipbound.engine.rounding`). If ``linear`` is a
-    dict, it receives the bounds as linear functions of the input before concretisation: ``A_l x + c_l <= <lam, target> <= A_u x + c_u`` for x
-    in the box (keys ``A_l``, ``c_l``, ``A_u``, ``c_u``; ``A`` of shape ``(B, S, *input_shape)``).
+    the exact real-number value, rounding included (:mod:`lipbound.engine.rounding`).
+    If ``linear`` is a dict, it receives the bounds as linear functions of the input before concretisation:
+    ``A_l x + c_l <= <lam, target> <= A_u x + c_u`` for x in the box (keys ``A_l``, ``c_l``, ``A_u``, ``c_u``;
+    ``A`` of shape ``(B, S, *input_shape)``).
     """
     b, s = lam.shape[0], lam.shape[1]
     dtype = lam.dtype
