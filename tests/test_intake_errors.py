@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import lipbound
 from lipbound.errors import (
     InvalidModelError,
     LipboundError,
@@ -72,12 +74,31 @@ def test_nan_weight_names_the_layer() -> None:
         graph_from_onnx(_onnx(model, (3,)))
 
 
-def test_batchnorm_in_training_mode() -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    with pytest.raises(InvalidModelError, match=r"'1'.*training mode"):
-        trace(model, (3,))
-    with pytest.raises(InvalidModelError, match=r"BatchNorm1d.*'1'.*training mode"):
-        graph_from_torchscript(torch.jit.script(model), (3,))
+def test_batchnorm_in_training_mode_is_bounded_in_eval_mode() -> None:
+    """One policy for every intake (lipbound.graph.mode): an eval-mode copy is bounded, with a warning naming the
+    module; the caller's model keeps its mode."""
+    from lipbound.global_bounds import global_lipschitz
+    from lipbound.graph.mode import TrainingModeWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 3)
+    reference = copy.deepcopy(model).eval()
+    with pytest.warns(TrainingModeWarning, match=r"2 BatchNorm/Dropout .*'1', '2'.*eval mode"):
+        graph = trace(model, (3,))
+    torch.testing.assert_close(graph(x), reference(x))
+    assert model.training and model[1].training
+    with pytest.warns(TrainingModeWarning, match=r"'1'"):
+        ts_graph = graph_from_torchscript(torch.jit.script(model), (3,))
+    torch.testing.assert_close(ts_graph(x), reference(x))
+    with pytest.warns(TrainingModeWarning):
+        g_train = global_lipschitz(model, method="product").upper
+    assert g_train == global_lipschitz(reference, method="product").upper
+    with pytest.warns(TrainingModeWarning):
+        local = lipbound.local_lipschitz(model, x[:1], eps=0.1)
+    assert torch.equal(local.upper, lipbound.local_lipschitz(reference, x[:1], eps=0.1).upper)
 
 
 def test_onnx_batchnorm_training_mode_and_asymmetric_pads() -> None:

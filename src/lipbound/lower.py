@@ -23,8 +23,8 @@ Only exact gradient norms (autograd on the exact network) enter the returned val
 network is differentiable: autograd takes ``relu'(0) = 0`` on a kink, a gate pattern that no nearby point (and no
 Clarke element) may realise (``relu(x) - relu(-x) - x == 0`` has autograd gradient -1 at 0). A candidate that would
 become the best point is accepted only when every ReLU / LeakyReLU pre-activation is either clear of its kink
-(``|z_j| > tol``, a rounding-aware tolerance) or locally constant (its directional derivative along a random
-direction is exactly 0); otherwise it is moved to random nearby points of the box, re-evaluated there, and dropped
+(``|z_j| > tol``, a rounding-aware tolerance) or constant near the point (bitwise the same value at two random
+nearby points); otherwise it is moved to random nearby points of the box, re-evaluated there, and dropped
 if none of them is clean (:func:`differentiable_points`). The returned point is that witness.
 """
 
@@ -105,29 +105,38 @@ KINK_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torc
 NUDGES = (1e-6, 1e-4, 1e-2)  # relative sizes (of the box width) of the moves off a kink
 
 
-def kink_ties(graph: Graph, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def _pre_activations(graph: Graph, x: Tensor) -> list[Tensor]:
+    """Every ReLU / LeakyReLU pre-activation at ``x``, flattened to ``(N, H_l)``."""
+    taps: list = []
+    with torch.no_grad():
+        _evaluate(graph, x, None, taps)
+    return [z.reshape(x.shape[0], -1) for _, z, _ in taps]
+
+
+def kink_ties(graph: Graph, x: Tensor, generator: torch.Generator | None = None, step: float = 1e-3) -> Tensor:
     """Whether each point of ``x`` (``(N, *in)``) lies on (or within rounding of) a kink that matters.
 
     Pre-activation ``z_j`` of a ReLU / LeakyReLU is *tied* when ``|z_j| <= tol * (1 + max_i |z_i|)`` over its layer
-    (``tol`` from :data:`KINK_RTOL`, far above the rounding error of a well-conditioned sum) and its derivative along
-    a random direction ``v`` (forward-mode AD) is non-zero: a pre-activation that does not move with ``x`` is harmless,
-    whatever gate autograd picks. A point with no tied pre-activation has a neighbourhood on which every gate is fixed,
-    so the network is differentiable there and autograd's gradient is its true gradient. Returns ``(N,)`` bools.
+    (``tol`` from :data:`KINK_RTOL`, far above the rounding error of a well-conditioned sum) and it moves with ``x``:
+    its value at ``x +- h v`` (``v`` a random direction, ``h = step * (1 + max |x|)``) is not bitwise equal to its
+    value at ``x``. A pre-activation that does not move (zero incoming weights, a dead upstream layer) is harmless,
+    whatever gate autograd picks; rounding noise counts as moving, which only makes the test stricter. A point with
+    no tied pre-activation has a neighbourhood on which every gate is fixed, so the network is differentiable there
+    and autograd's gradient is its true gradient. Returns ``(N,)`` bools.
     """
     n = x.shape[0]
-    v = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+    flat = x.detach().reshape(n, -1)
+    v = torch.rand(flat.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+    h = step * (1 + flat.abs().amax(1, keepdim=True))
+    at = _pre_activations(graph, x.detach())
+    plus = _pre_activations(graph, (flat + h * v).reshape(x.shape))
+    minus = _pre_activations(graph, (flat - h * v).reshape(x.shape))
     tied = torch.zeros(n, dtype=torch.bool, device=x.device)
     tol = KINK_RTOL.get(x.dtype, 1e-4)
-    with torch.no_grad(), fwad.dual_level():
-        taps: list = []
-        _evaluate(graph, fwad.make_dual(x.detach(), v), None, taps)
-        for _, z, _ in taps:
-            primal, tangent = fwad.unpack_dual(z)
-            if tangent is None:
-                continue
-            zf, tf = primal.reshape(n, -1), tangent.reshape(n, -1)
-            scale = 1 + zf.abs().amax(1, keepdim=True)
-            tied |= ((zf.abs() <= tol * scale) & (tf != 0)).any(1)
+    for z, zp, zm in zip(at, plus, minus, strict=True):
+        scale = 1 + z.abs().amax(1, keepdim=True)
+        moving = (zp != z) | (zm != z)
+        tied |= ((z.abs() <= tol * scale) & moving).any(1)
     return tied
 
 

@@ -381,12 +381,9 @@ def _infer_input_shape(model: nn.Module) -> tuple[int, ...]:
 
 
 def _from_module(model: nn.Module, input_shape: tuple[int, ...]) -> LayeredNetwork:
-    bad = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if bad:
-        raise InvalidModelError(f"BatchNorm module {bad[0]!r} is in training mode; call model.eval() first")
-    bad = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.dropout._DropoutNd)]
-    if bad:
-        raise InvalidModelError(f"Dropout module {bad[0]!r} is in training mode; call model.eval() first")
+    from lipbound.graph.mode import for_inference
+
+    model = for_inference(model)
     try:
         g = _Tracer().trace(model)
     except Exception as e:
@@ -644,6 +641,9 @@ def _extract(model_or_graph: Any, input_shape: tuple[int, ...] | None, check: bo
         net = _from_graph(model_or_graph)
         ref = model_or_graph.to(torch.float64)
     elif isinstance(model_or_graph, nn.Module):
+        from lipbound.graph.mode import for_inference
+
+        model_or_graph = for_inference(model_or_graph)
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else _infer_input_shape(model_or_graph)
         net = _from_module(model_or_graph, shape)
         ref = copy.deepcopy(model_or_graph).to(torch.float64)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lipbound.errors import InvalidModelError, LipboundError, UnsupportedOperatorError
 from lipbound.graph.builder import GraphBuilder
 from lipbound.graph.ir import Graph, Node
+from lipbound.graph.mode import for_inference
 from lipbound.ops.catalog import REGISTRY
 
 
@@ -44,18 +45,14 @@ def _callable_name(target: Any) -> str:
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True) -> Graph:
-    """Trace ``model`` for per-sample ``input_shape`` into a Graph (eval mode is required and checked)."""
+    """Trace ``model`` for per-sample ``input_shape`` into a Graph (in eval mode: :mod:`lipbound.graph.mode`)."""
     if not isinstance(model, nn.Module):
         raise InvalidModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
         from lipbound.graph.torchscript import graph_from_torchscript
 
         return graph_from_torchscript(model, input_shape)
-    training = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if training:
-        raise InvalidModelError(
-            f"BatchNorm module {training[0]!r} is in training mode; call model.eval() before bounding"
-        )
+    model = for_inference(model)
     try:
         fx_graph = _LeafTracer().trace(model)
     except Exception as e:
