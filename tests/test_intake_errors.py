@@ -214,3 +214,41 @@ def test_unsupported_structures() -> None:
 
     with pytest.raises(UnsupportedOperatorError, match="batch dimension"):
         graph_from_torchscript(torch.jit.trace(BatchMix().eval(), torch.zeros(2, 3)), (3,))
+
+
+class _LSTMHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 3, batch_first=True)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y[:, -1])
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.attn(x, x, x)
+        return y.flatten(1)
+
+
+@pytest.mark.parametrize(
+    ("make", "layer", "scope"), [(_LSTMHead, "LSTM", "/rnn"), (_Attention, "MultiheadAttention", "/attn")]
+)
+def test_onnx_recurrent_and_attention_layers_are_named(make, layer, scope) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = _onnx(make().eval(), (5, 4))
+    with pytest.raises(UnsupportedOperatorError) as e:
+        graph_from_onnx(proto)
+    msg = str(e.value)
+    assert layer in msg and scope in msg and "Transpose" not in msg
+    with pytest.raises(UnsupportedOperatorError, match=layer):  # the module intake names it too
+        trace(make().eval(), (5, 4))

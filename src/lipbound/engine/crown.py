@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lipbound.engine import rounding
 from lipbound.engine.rounding import ACC, magnitudes, node_error_factor, round_down, round_up
 from lipbound.graph.ir import Graph, Node
 from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp
@@ -64,23 +65,26 @@ def backsubstitute(
     lam_u: dict[int, Tensor] = {id(target): lam}
     lam_l: dict[int, Tensor] = {id(target): lam}
     # constants and rounding-error terms accumulate in float64 (lipbound.engine.rounding)
-    const_u = lam.new_zeros(b, s, dtype=ACC)
-    const_l = lam.new_zeros(b, s, dtype=ACC)
+    rigorous = rounding.RIGOROUS
+    acc = ACC if rigorous else dtype
+    const_u = lam.new_zeros(b, s, dtype=acc)
+    const_l = lam.new_zeros(b, s, dtype=acc)
     nodes = graph.ancestors(target)
-    mags = magnitudes(nodes, input_box, bounds, relax_cache)
-    err_u = lam.new_zeros(b, s, dtype=ACC)  # sum_v c_v <|Lambda_v|, T_v>
-    err_l = lam.new_zeros(b, s, dtype=ACC)
+    mags = magnitudes(nodes, input_box, bounds, relax_cache) if rigorous else {}
+    err_u = lam.new_zeros(b, s, dtype=acc)  # sum_v c_v <|Lambda_v|, T_v>
+    err_l = lam.new_zeros(b, s, dtype=acc)
     for node in reversed(nodes):
         key = id(node)
         if key not in lam_u:
             continue
         au, al = lam_u.pop(key), lam_l.pop(key)
         op, k = node.op, len(node.shape)
-        with torch.no_grad():
-            cv = node_error_factor(node, len(nodes), dtype)
-            tv = mags[key].unsqueeze(1)
-            err_u = err_u + cv * _sum64(au.abs() * tv, k)
-            err_l = err_l + cv * _sum64(al.abs() * tv, k)
+        if rigorous:
+            with torch.no_grad():
+                cv = node_error_factor(node, len(nodes), dtype)
+                tv = mags[key].unsqueeze(1)
+                err_u = err_u + cv * _sum64(au.abs() * tv, k)
+                err_l = err_l + cv * _sum64(al.abs() * tv, k)
         if isinstance(op, InputOp):
             if linear is not None:
                 linear.update(A_l=al, A_u=au)
@@ -89,11 +93,11 @@ def backsubstitute(
             const_u, const_l = _concretise(input_box, au, al, const_u, const_l, k)
         elif isinstance(op, ConstOp):
             v = op.value.unsqueeze(1)
-            const_u = const_u + _sum64(au * v, k)
-            const_l = const_l + _sum64(al * v, k)
+            const_u = const_u + _sum64(au * v, k, acc)
+            const_l = const_l + _sum64(al * v, k, acc)
         elif isinstance(op, LinearOp):
-            const_u = const_u + op.bias_term(au, node.shape, ACC)
-            const_l = const_l + op.bias_term(al, node.shape, ACC)
+            const_u = const_u + op.bias_term(au, node.shape, acc)
+            const_l = const_l + op.bias_term(al, node.shape, acc)
             for inp, tu, tl in zip(node.inputs, op.apply_transpose(au), op.apply_transpose(al), strict=True):
                 _acc(lam_u, id(inp), tu)
                 _acc(lam_l, id(inp), tl)
@@ -106,11 +110,12 @@ def backsubstitute(
             lws_l, lb_l, uws_l, ub_l = rl
             pos_u, neg_u = au.clamp(min=0), au.clamp(max=0)
             pos_l, neg_l = al.clamp(min=0), al.clamp(max=0)
-            const_u = const_u + _sum64(pos_u * ub_u + neg_u * lb_u, k)
-            const_l = const_l + _sum64(pos_l * lb_l + neg_l * ub_l, k)
-            with torch.no_grad():  # rounding of the relaxation lines and of their use
-                err_u = err_u + cv * _sum64(au.abs() * _relaxation_scale(node, ru, mags), k)
-                err_l = err_l + cv * _sum64(al.abs() * _relaxation_scale(node, rl, mags), k)
+            const_u = const_u + _sum64(pos_u * ub_u + neg_u * lb_u, k, acc)
+            const_l = const_l + _sum64(pos_l * lb_l + neg_l * ub_l, k, acc)
+            if rigorous:
+                with torch.no_grad():  # rounding of the relaxation lines and of their use
+                    err_u = err_u + cv * _sum64(au.abs() * _relaxation_scale(node, ru, mags), k)
+                    err_l = err_l + cv * _sum64(al.abs() * _relaxation_scale(node, rl, mags), k)
             for i, inp in enumerate(node.inputs):
                 if uws_u[i] is not None:
                     _acc(lam_u, id(inp), pos_u * uws_u[i] + neg_u * lws_u[i])
@@ -128,9 +133,9 @@ def backsubstitute(
     return round_down(const_l, dtype), round_up(const_u, dtype)
 
 
-def _sum64(t: Tensor, k: int) -> Tensor:
+def _sum64(t: Tensor, k: int, acc: torch.dtype = ACC) -> Tensor:
     """Sum over the ``k`` trailing dims in float64 (:data:`lipbound.engine.rounding.ACC`)."""
-    return _sum_trailing(t.to(ACC), k)
+    return _sum_trailing(t.to(acc), k)
 
 
 def _relaxation_scale(node: Node, relax: Relaxation, mags: dict[int, Tensor]) -> Tensor:
@@ -149,9 +154,10 @@ def _concretise(input_box: Bounds, au: Tensor, al: Tensor, const_u: Tensor, cons
     """Add ``max / min over the box`` of ``<A, x>``: ``<A, x_c> +- <|A|, x_r>`` (centre/radius of the box).
 
     Evaluated in float64 (the rounding is covered by the input leaf's term ``c_x <|A|, max(|x_l|, |x_u|)>``)."""
-    xl, xu = (t.to(ACC) for t in input_box)
+    acc = const_u.dtype
+    xl, xu = (t.to(acc) for t in input_box)
     centre, radius = ((xl + xu) / 2).unsqueeze(1), ((xu - xl) / 2).unsqueeze(1)
-    au, al = au.to(ACC), al.to(ACC)
+    au, al = au.to(acc), al.to(acc)
     return (
         const_u + _sum_trailing(au * centre + au.abs() * radius, k),
         const_l + _sum_trailing(al * centre - al.abs() * radius, k),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lipbound.engine import rounding
 from lipbound.engine.crown import Alphas, backsubstitute, identity_spec
 from lipbound.engine.optim import ProjectedAdam
 from lipbound.engine.rounding import gamma, linear_magnitude
@@ -97,7 +98,7 @@ def interval_bounds(
             ins = [out[id(i)] for i in n.inputs]
             l, u = n.op.interval(*ins)
             b = outward(l, u)
-            if isinstance(n.op, LinearOp):  # rounding relative to the magnitudes of the summed terms
+            if isinstance(n.op, LinearOp) and rounding.RIGOROUS:  # rounding relative to the summed terms
                 g = gamma(n.op.max_terms(sum(i.numel for i in n.inputs), n.numel) + 8, l.dtype)
                 pad = g * linear_magnitude(n.op, [torch.maximum(il.abs(), iu.abs()) for il, iu in ins])
                 b = (b[0] - pad, b[1] + pad)

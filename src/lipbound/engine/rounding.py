@@ -54,6 +54,9 @@ def gamma(n: int, dtype: torch.dtype) -> float:
 
 
 ACC = torch.float64  # dtype of every reduction (sums over a node's elements, running constants)
+#: False only to MEASURE what rigour costs (benchmarks/rigour_bench.py): drops the error terms and the float64
+#: accumulation, i.e. the engine's pre-rigour behaviour; certified numbers are then not guaranteed
+RIGOROUS = True
 
 
 def node_error_factor(node: Node, n_nodes: int, dtype: torch.dtype) -> float:
