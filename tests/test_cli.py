@@ -327,3 +327,10 @@ def test_cli_messages_use_flag_names_and_flags_show_no_placeholder() -> None:
     help_text = runner.invoke(app, ["local", "--help"]).stdout
     assert "--optimize" in help_text and "--per-row" in help_text
     assert "<bool>" not in help_text
+
+
+def test_monotone_json_on_stdout() -> None:
+    res = runner.invoke(app, ["monotone", "bundled:simple-mlp-16", "--eps", "0.05", "--limit", "1", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["results"]
+    assert len(rows) == 2 and "monotonicity" in res.stderr

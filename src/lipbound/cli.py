@@ -532,15 +532,17 @@ def monotone_command(
         str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8.")
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the verdicts as JSON (atomically).")
+        Path | None,
+        typer.Option("--json", help="Also write the verdicts as JSON (atomically); '-' prints it on stdout."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N inputs.")] = None,
 ) -> None:
     """Certify, per input, output direction and feature, that the model is non-decreasing / non-increasing on the
-    box (or find a counterexample)."""
+    box (or find a counterexample). Exit codes as for 'lipbound local'."""
     from lipbound.monotonicity import certify_monotonicity
 
-    out = Console()
+    to_stdout = json_out is not None and str(json_out) == "-"
+    out = Console(stderr=to_stdout)
     with user_errors():
         if not eps >= 0:
             raise InvalidInputError(f"--eps must be a finite number >= 0, got {eps}")
@@ -551,7 +553,8 @@ def monotone_command(
         xs = shape_inputs(read_cli_inputs(x0, model), shape or given_shape, limit).to(torch.float64)
         graph = to_graph(loaded, tuple(xs.shape[1:]), torch.float64)
         cvec = parse_direction(c, graph.output.numel, torch.float64)
-        r = certify_monotonicity(graph, xs, eps, cvec, bisections=bisections)
+        with _stderr().status(f"certifying {len(xs)} input(s) x {2**bisections} part(s) ...", spinner="dots"):
+            r = certify_monotonicity(graph, xs, eps, cvec, bisections=bisections)
     verdict = _verdicts(r)
     table = Table(title=f"{model}: monotonicity on B_inf(x0, {eps:g}), {r.parts} part(s) per box")
     for col in ("input", "direction", "non-decreasing in", "non-increasing in", "counterexample to both", "unknown"):
@@ -559,9 +562,12 @@ def monotone_command(
     for row in verdict:
         table.add_row(*(str(row[k]) if not isinstance(row[k], list) else _features(row[k]) for k in row))
     out.print(table)
-    if json_out is not None:
+    payload = {"model": model, "eps": eps, "parts": r.parts, "results": verdict}
+    if to_stdout:
+        typer.echo(json.dumps(payload, indent=2))
+    elif json_out is not None:
         with user_errors():
-            write_json_atomic(json_out, {"model": model, "eps": eps, "parts": r.parts, "results": verdict})
+            write_json_atomic(json_out, payload)
         out.print(f"wrote {json_out}", highlight=False)
 
 
