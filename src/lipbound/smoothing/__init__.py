@@ -1,8 +1,21 @@
 """Randomized smoothing certificates: Cohen CERTIFY/PREDICT and a sound Lipschitz-variance-margin smoothing (LVM-RS).
 
-See :mod:`lipbound.smoothing.stats` (confidence bounds, radii) and :mod:`lipbound.smoothing.maps` (simplex maps).
+``Smooth(model, num_classes, sigma).certify(x, n0, n, alpha, method="cohen"|"lvm", select=..., lipschitz=...)``;
+see :mod:`lipbound.smoothing.smooth` for what each radius guarantees, :mod:`lipbound.smoothing.stats` for the
+confidence bounds and radii and :mod:`lipbound.smoothing.maps` for the simplex maps.
 """
 
 from lipbound.smoothing.maps import Candidate, default_candidates, sparsemax
+from lipbound.smoothing.smooth import ABSTAIN, Smooth, SmoothingInputError, SmoothResult, TuneResult, tune
 
-__all__ = ["Candidate", "default_candidates", "sparsemax"]
+__all__ = [
+    "ABSTAIN",
+    "Candidate",
+    "Smooth",
+    "SmoothResult",
+    "SmoothingInputError",
+    "TuneResult",
+    "default_candidates",
+    "sparsemax",
+    "tune",
+]
