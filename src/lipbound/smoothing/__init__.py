@@ -6,6 +6,12 @@ confidence bounds and radii and :mod:`lipbound.smoothing.maps` for the simplex m
 """
 
 from lipbound.smoothing.maps import Candidate, default_candidates, sparsemax
+from lipbound.smoothing.metrics import (
+    average_certified_radius,
+    certified_accuracy,
+    correct_predictions,
+    plot_certified_accuracy,
+)
 from lipbound.smoothing.smooth import ABSTAIN, Smooth, SmoothingInputError, SmoothResult, TuneResult, tune
 
 __all__ = [
@@ -15,7 +21,11 @@ __all__ = [
     "SmoothResult",
     "SmoothingInputError",
     "TuneResult",
+    "average_certified_radius",
+    "certified_accuracy",
+    "correct_predictions",
     "default_candidates",
+    "plot_certified_accuracy",
     "sparsemax",
     "tune",
 ]
