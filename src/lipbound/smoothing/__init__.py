@@ -12,6 +12,7 @@ from lipbound.smoothing.metrics import (
     correct_predictions,
     plot_certified_accuracy,
 )
+from lipbound.smoothing.models import load_digits_split, register
 from lipbound.smoothing.smooth import ABSTAIN, Smooth, SmoothingInputError, SmoothResult, TuneResult, tune
 
 __all__ = [
@@ -25,7 +26,10 @@ __all__ = [
     "certified_accuracy",
     "correct_predictions",
     "default_candidates",
+    "load_digits_split",
     "plot_certified_accuracy",
     "sparsemax",
     "tune",
 ]
+
+register()  # bundled digits models: lipbound.models.load_bundled("digits-rs-cnn-0.25"), ...

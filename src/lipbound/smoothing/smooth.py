@@ -202,7 +202,8 @@ class Smooth:
 
     ``sigma`` is in the units of the model's input. ``input_shape`` (per sample, optional) is checked against every
     batch. A model in training mode is switched to eval mode with a warning (dropout/batch-norm statistics would
-    make the base classifier random). ``lipschitz`` may also be given per call.
+    make the base classifier random). ``lipschitz_method`` is the :func:`lipbound.global_lipschitz` method used for
+    ``certify(..., lipschitz="certified")`` (default "auto": the tightest that fits the budget; "product" is instant).
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class Smooth:
         num_classes: int,
         sigma: float,
         input_shape: Sequence[int] | None = None,
+        lipschitz_method: str = "auto",
     ) -> None:
         if not callable(model):
             raise SmoothingInputError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -224,6 +226,7 @@ class Smooth:
             raise SmoothingInputError(f"sigma must be a finite number > 0 (noise std in input units), got {sigma!r}")
         self.sigma = sigma
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.lipschitz_method = lipschitz_method
         self._certified_lipschitz: float | None = None
         self._eval_mode()
 
@@ -296,7 +299,7 @@ class Smooth:
 
     def lipschitz_constant(self, lipschitz: float | str | None) -> float | None:
         """L_f, an l2 Lipschitz upper bound of the logit map: None, a float, or "certified" (computed once with
-        :func:`lipbound.global_lipschitz`, method "auto")."""
+        :func:`lipbound.global_lipschitz` with ``self.lipschitz_method``)."""
         if lipschitz is None:
             return None
         if isinstance(lipschitz, str):
@@ -308,7 +311,9 @@ class Smooth:
                 if self.input_shape is None:
                     raise SmoothingInputError("lipschitz='certified' needs Smooth(..., input_shape=...)")
                 self._certified_lipschitz = float(
-                    lipbound.global_lipschitz(self.model, norm=2, input_shape=self.input_shape).upper
+                    lipbound.global_lipschitz(
+                        self.model, norm=2, method=self.lipschitz_method, input_shape=self.input_shape
+                    ).upper
                 )
             return self._certified_lipschitz
         try:
