@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import special, stats
@@ -182,3 +183,25 @@ def test_train_mode_model_is_switched_to_eval_with_a_warning():
     with pytest.warns(UserWarning, match="eval mode"):
         sm.certify(X, 5, 20)
     assert not net.training
+
+
+def test_p_b_upper_is_the_max_over_the_other_classes_not_the_second_largest_bound():
+    from lipbound.smoothing import stats as S
+    from lipbound.smoothing.sampling import SampleStats
+    from lipbound.smoothing.smooth import fixed_candidate_certificates
+
+    # c_A = 1 is fixed beforehand; class 0 holds the largest upper bound, so argsort(uppers)[-2] would be class 1 itself
+    n = 1000
+    counts = torch.tensor([[520, 400, 80]])
+    st = SampleStats(n=n, counts=counts, soft=[])
+    certs = fixed_candidate_certificates(st, [Candidate("argmax")], np.array([[1]]), 0.01 / 3, 0.5, None)
+    up0 = S.clopper_pearson_upper(520, n, 0.01 / 3)
+    lo1 = S.clopper_pearson_lower(400, n, 0.01 / 3)
+    assert certs.lower[0, 0] == pytest.approx(lo1)
+    assert certs.upper[0, 0] == pytest.approx(min(up0, 1 - lo1))
+    assert certs.radius[0, 0] == 0.0 and certs.source[0, 0] == 0  # c_A is not the top class: abstain
+    # with c_A = 0, p_B_upper = max(upper_1, upper_2) (capped by 1 - p_A_lower)
+    certs0 = fixed_candidate_certificates(st, [Candidate("argmax")], np.array([[0]]), 0.01 / 3, 0.5, None)
+    lo0, up1 = S.clopper_pearson_lower(520, n, 0.01 / 3), S.clopper_pearson_upper(400, n, 0.01 / 3)
+    assert certs0.upper[0, 0] == pytest.approx(min(up1, 1 - lo0))
+    assert certs0.radius[0, 0] == pytest.approx(S.phi_radius(lo0, min(up1, 1 - lo0), 0.5))
