@@ -9,7 +9,7 @@ LVM-RS n0 and global with the certified Lipschitz radius (L_f from lipbound.glob
 Full run: the first 200 test images, n0 = 100, n = 10 000, alpha = 0.001, batch 1000, tuning on 100 validation
 images with the same n; one thread. Quick: 12 images, n = 500, 10 validation images.
 Note: with n = 10 000 and alpha = 0.001 no radius from Clopper-Pearson can exceed sigma Phi^-1(alpha^(1/n))
-(= 3.40 sigma); only the Lipschitz radius is not capped that way.
+(= 3.20 sigma); only the Lipschitz radius is not capped that way.
 """
 
 from __future__ import annotations
