@@ -13,6 +13,7 @@ an option of Smooth.certify) fails far more often than alpha.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -154,3 +155,74 @@ def test_best_of_all_on_the_same_samples_breaks_coverage():
     for method, select in (("cohen", None), ("lvm", "n0"), ("lvm", "bonferroni")):
         res = sm.certify(x, N0, N, ALPHA, batch_size=BATCH, method=method, select=select, generator=3)
         assert _not_above_alpha(_wrong(res.prediction, res.radius, 0.0))
+
+
+# ------------------------------------------------------------------ three classes: p_B_upper over several classes
+# The true radius of each candidate's G is found by root search on its exact H (closed form / quadrature). Here the
+# certified radii stay below ~0.85 of the truth, so these tests guard the multi-class bookkeeping (K bounds at
+# alpha / K, p_B_upper over every c != c_A) against gross errors; the two-class tests above are the sharp ones.
+C3, N3, R3 = 0.5, 400, 1000
+CANDS3 = [Candidate("argmax"), Candidate("softmax", 1.0), Candidate("softmax", 4.0), Candidate("sparsemax", 0.5)]
+
+
+class ThreeWay(nn.Module):
+    """f(x) = (x_0, -x_0, C3): hard votes 0 if v > C3, 1 if v < -C3, 2 otherwise (v = x_0 + noise)."""
+
+    def forward(self, x):
+        u = x[:, 0]
+        return torch.stack([u, -u, torch.full_like(u, C3)], dim=1)
+
+
+def _exact_h3(cand: Candidate, xs: np.ndarray) -> np.ndarray:
+    """H(x') (len(xs), 3) for every x' in xs: closed form for argmax, Simpson quadrature (4001 nodes) otherwise."""
+    if cand.map == "argmax":
+        p0 = special.ndtr((xs - C3) / SIGMA)
+        p1 = special.ndtr((-C3 - xs) / SIGMA)
+        return np.stack([p0, p1, 1 - p0 - p1], axis=1)
+    from scipy.integrate import simpson
+
+    z = np.linspace(-9, 9, 4001)
+    v = torch.as_tensor(xs[:, None] + SIGMA * z[None, :])
+    logits = torch.stack([v, -v, torch.full_like(v, C3)], dim=-1)
+    from lipbound.smoothing.maps import apply_maps
+
+    s = apply_maps(logits.reshape(-1, 3), [cand])[0].reshape(len(xs), len(z), 3).numpy()
+    return simpson(s * stats.norm.pdf(z)[None, :, None], x=z, axis=1)
+
+
+@functools.cache
+def _true_class_and_radius(cand: Candidate, x0: float) -> tuple[int, float]:
+    """argmax H(x0) and the distance to the nearest x' where the argmax changes: a grid of step 0.01 over
+    x0 +- 2.5 locates the first change on each side, bisection refines it to 1e-7."""
+    offsets = np.arange(-250, 251) * 0.01
+    cls = _exact_h3(cand, x0 + offsets).argmax(axis=1)
+    mid = 250
+    best = math.inf
+    for side in (1, -1):
+        idx = np.arange(mid, mid + 251) if side == 1 else np.arange(mid, -1, -1)
+        change = np.nonzero(cls[idx] != cls[mid])[0]
+        if not change.size:
+            continue
+        lo, hi = abs(offsets[idx[change[0] - 1]]), abs(offsets[idx[change[0]]])
+        while hi - lo > 1e-7:
+            m = 0.5 * (lo + hi)
+            same = _exact_h3(cand, np.array([x0 + side * m])).argmax(axis=1)[0] == cls[mid]
+            lo, hi = (m, hi) if same else (lo, m)
+        best = min(best, lo)
+    return int(cls[mid]), best
+
+
+@pytest.mark.parametrize("x0", [0.6, 1.2])
+@pytest.mark.parametrize(("method", "select"), [("cohen", None), ("lvm", "n0"), ("lvm", "bonferroni")])
+def test_three_class_coverage(x0, method, select):
+    truth = {c.label(): _true_class_and_radius(c, x0) for c in CANDS3}
+    sm = Smooth(ThreeWay().eval(), 3, SIGMA, input_shape=(1,))
+    kw = {"candidates": CANDS3, "select": select} if method == "lvm" else {}
+    x = torch.full((R3, 1), x0)
+    res = sm.certify(x, N0, N3, ALPHA, batch_size=BATCH, method=method, generator=21, **kw)
+    fails = 0
+    for pred, rad, cand in zip(res.prediction.tolist(), res.radius.tolist(), res.candidate, strict=True):
+        cls, r_true = truth[cand]
+        fails += pred != -1 and (pred != cls or rad > r_true + 1e-6)
+    assert stats.binom.sf(fails - 1, R3, ALPHA) >= 1e-3, f"{fails}/{R3} wrong"
+    assert (res.radius > 0).float().mean() > 0.5  # not vacuous
