@@ -109,6 +109,7 @@ def test_bad_input_is_one_red_line(extra, needle):
 
 def test_unknown_model_and_missing_sigma(tmp_path):
     _one_line_error(runner.invoke(app, ["smooth", "certify", "bundled:nope", "--n", "20"]), "unknown bundled model")
+    _one_line_error(runner.invoke(app, ["smooth", "certify", "digits-rs-cnn-0.5", "--n", "20"]), "digits-rs-cnn-0.50")
     _one_line_error(runner.invoke(app, ["smooth", "predict", "bundled:digits-cnn", "--n", "20"]), "--sigma")
 
 

@@ -51,6 +51,8 @@ def _load_model(spec: str, weights: Path | None, input_shape: tuple[int, ...] | 
 
     if not spec.startswith(BUNDLED_PREFIX) and spec in bundled_names():
         spec = BUNDLED_PREFIX + spec
+    if not spec.startswith(BUNDLED_PREFIX) and ":" not in spec and not Path(spec).exists():
+        raise InvalidInputError(f"model {spec!r} is neither a file nor a bundled model ({', '.join(bundled_names())})")
     model, shape = load_cli_model(spec, weights, input_shape)
     name = spec[len(BUNDLED_PREFIX) :] if spec.startswith(BUNDLED_PREFIX) else None
     return model, input_shape or shape, bundled_sigma(name) if name else None
@@ -163,8 +165,10 @@ def _emit(console: Console, to_stdout: bool, json_out: Path | None, payload: dic
 
 def _table(title: str, res: Any, y: Tensor | None, seconds: list[float], rows: int, lvm: bool) -> Table:
     table = Table(title=title, show_edge=False, pad_edge=False)
+    with_radius = res.method != "predict"
     for col in ("#", "label", "class", "radius", "correct", "seconds"):
-        table.add_column(col, justify="right")
+        if col != "radius" or with_radius:
+            table.add_column(col, justify="right")
     if lvm:
         table.add_column("map")
         table.add_column("radius from")
@@ -172,14 +176,9 @@ def _table(title: str, res: Any, y: Tensor | None, seconds: list[float], rows: i
         pred = int(res.prediction[i])
         label = "-" if y is None else str(int(y[i]))
         correct = "-" if y is None else ("[green]yes[/]" if pred == int(y[i]) else "[red]no[/]")
-        cells = [
-            str(i),
-            label,
-            "abstain" if pred == -1 else str(pred),
-            f"{float(res.radius[i]):.4f}",
-            correct,
-            f"{seconds[i]:.3f}",
-        ]
+        cells = [str(i), label, "abstain" if pred == -1 else str(pred)]
+        cells += [f"{float(res.radius[i]):.4f}"] if with_radius else []
+        cells += [correct, f"{seconds[i]:.3f}"]
         if lvm:
             cells += [res.candidate[i], res.radius_source[i]]
         table.add_row(*cells)
@@ -289,8 +288,20 @@ def certify_command(
             if yv is None:
                 raise InvalidInputError("the validation file needs labels 'y'")
             xv, yv = _shape(xv[:n_val], smooth.input_shape), yv[:n_val]
-            console.print(f"tuning the map and temperature on {xv.shape[0]} validation inputs ...")
-            tuned = tune(smooth, xv, yv, n0=n0, n=n, alpha=alpha, lipschitz=lip, batch_size=batch_size, generator=seed)
+            with _progress(console) as progress:
+                task = progress.add_task("tune map/temperature (validation)", total=xv.shape[0])
+                tuned = tune(
+                    smooth,
+                    xv,
+                    yv,
+                    n0=n0,
+                    n=n,
+                    alpha=alpha,
+                    lipschitz=lip,
+                    batch_size=batch_size,
+                    generator=seed,
+                    progress=lambda done, total: progress.update(task, completed=done),
+                )
             extra = {"candidate": tuned}
             console.print(
                 f"global candidate: {tuned.candidate.label()} (validation ACR {max(tuned.scores.values()):.4f})"

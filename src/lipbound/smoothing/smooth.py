@@ -547,6 +547,7 @@ def tune(
     score: str | float = "acr",
     batch_size: int = 1000,
     generator: torch.Generator | int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TuneResult:
     """Choose ONE (map, t) for a whole data set from a validation split (x, y) (never the inputs to certify).
 
@@ -579,6 +580,8 @@ def tune(
         certs = fixed_candidate_certificates(st, cands, c_a, alpha / k, smooth.sigma, lip_f)
         radius[sl] = np.where(certs.source > 0, certs.radius, 0.0)
         correct[sl] = (certs.source > 0) & (c_a == y[sl, None])
+        if progress is not None:
+            progress(sl.stop, x.shape[0])
     acr = (radius * correct).mean(axis=0)
     if score == "acr":
         key = acr
