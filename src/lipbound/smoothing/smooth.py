@@ -185,7 +185,8 @@ def fixed_candidate_certificates(
     radius, source = r_phi, np.where(lower > upper, 1, 0)
     if lip_f is not None:
         lip_p = np.array([c.lipschitz * lip_f for c in candidates])[None, :]
-        r_l = S.lipschitz_radius(lower, upper, lip_p, sigma)
+        # argmax is not Lipschitz: its infinite-L radius sigma sqrt(pi/2)(p_A - p_B) never beats R_Phi, skip it
+        r_l = np.where(np.isfinite(lip_p), S.lipschitz_radius(lower, upper, lip_p, sigma), 0.0)
         source = np.where((r_l > r_phi) & (lower > upper), 2, source)
         radius = np.maximum(r_phi, r_l)
     return _Certs(radius, source, lower, upper, lower - upper)
