@@ -173,16 +173,15 @@ def test_bad_inputs_raise_clear_errors():
         sm.certify(X, 5, 1, method="lvm")
 
 
-def test_train_mode_model_is_switched_to_eval_with_a_warning():
+def test_train_mode_model_is_smoothed_as_an_eval_copy_with_a_warning():
     net = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double()
     assert net.training
-    with pytest.warns(UserWarning, match="eval mode"):
+    with pytest.warns(UserWarning, match="eval-mode copy"):
         sm = Smooth(net, 2, 0.5)
-    assert not net.training
-    net.train()
-    with pytest.warns(UserWarning, match="eval mode"):
-        sm.certify(X, 5, 20)
-    assert not net.training
+    assert net.training and not sm.model.training  # the caller's object is unchanged
+    a = sm.certify(X, 5, 200, generator=0)
+    b = Smooth(net.eval(), 2, 0.5).certify(X, 5, 200, generator=0)
+    assert torch.equal(a.radius, b.radius)  # deterministic: dropout is off in the smoothed copy
 
 
 def test_p_b_upper_is_the_max_over_the_other_classes_not_the_second_largest_bound():

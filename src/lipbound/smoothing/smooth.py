@@ -33,6 +33,7 @@ level (see tests/test_smoothing_coverage.py); it is deliberately not offered.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -202,9 +203,10 @@ class Smooth:
     """Randomized smoothing of ``model`` (logits over ``num_classes`` classes) with noise N(0, sigma^2 I).
 
     ``sigma`` is in the units of the model's input. ``input_shape`` (per sample, optional) is checked against every
-    batch. A model in training mode is switched to eval mode with a warning (dropout/batch-norm statistics would
-    make the base classifier random). ``lipschitz_method`` is the :func:`lipbound.global_lipschitz` method used for
-    ``certify(..., lipschitz="certified")`` (default "auto": the tightest that fits the budget; "product" is instant).
+    batch. A model with modules in training mode is smoothed as an eval-mode COPY, with a warning (dropout and
+    batch-norm statistics would make the base classifier random); the caller's object is never modified.
+    ``lipschitz_method`` is the :func:`lipbound.global_lipschitz` method used for ``certify(...,
+    lipschitz="certified")`` (default "auto": the tightest that fits the budget; "product" is instant).
     """
 
     def __init__(
@@ -233,13 +235,15 @@ class Smooth:
 
     # ---------------------------------------------------------------------------------------------- plumbing
     def _eval_mode(self) -> None:
-        if isinstance(self.model, nn.Module) and self.model.training:
+        """Smooth an eval-mode copy of a model with modules in training mode (the caller's object is unchanged)."""
+        if isinstance(self.model, nn.Module) and any(m.training for m in self.model.modules()):
             warnings.warn(
-                "Smooth: the model was in training mode; switched it to eval mode (model.eval())",
+                "Smooth: the model has modules in training mode (Dropout/BatchNorm would make the base classifier "
+                "random); smoothing an eval-mode copy of it (call model.eval() to silence this)",
                 UserWarning,
                 stacklevel=3,
             )
-            self.model.eval()
+            self.model = copy.deepcopy(self.model).eval()
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         if isinstance(self.model, nn.Module):
