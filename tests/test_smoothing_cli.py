@@ -117,3 +117,12 @@ def test_wrong_input_shape_file(tmp_path):
     f = tmp_path / "bad.npz"
     np.savez(f, x=torch.zeros(2, 5).numpy())
     _one_line_error(runner.invoke(app, ["smooth", "certify", MODEL, "--data", str(f), "--n", "20"]), "input shape")
+
+
+def test_global_select_on_user_data_needs_a_validation_file(tmp_path):
+    x, _ = load_digits_split("test")
+    f = tmp_path / "nolabels.npz"
+    np.savez(f, x=x[:2].numpy())
+    base = ["smooth", "certify", MODEL, "--data", str(f), "--n", "20"]
+    _one_line_error(runner.invoke(app, [*base, "--method", "lvm", "--select", "global"]), "--val")
+    _one_line_error(runner.invoke(app, [*base, "--plot", str(tmp_path / "p.png")]), "labels")
