@@ -50,3 +50,18 @@ def test_bad_inputs():
         stability(model, torch.zeros(1, 2))
     with pytest.raises(InvalidInputError, match="NaN"):
         stability(torch.nn.Linear(2, 2), torch.tensor([[np.nan, 0.0]]))
+
+
+def test_outside_mass_matches_simulation_and_concentration_holds():
+    from lipbound.counterfactuals.guarantee import concentration_tail, outside_mass
+
+    x = torch.full((1, 4), 0.5, dtype=torch.float64)
+    p = float(outside_mass(x, x - 0.1, x + 0.1, 0.05)[0])
+    z = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(p - float(((0.05 * z).abs() > 0.1).any(1).double().mean())) < 3e-3
+    w = torch.tensor([2.0, -1.0, 0.5, 1.0], dtype=torch.float64)
+    model, gamma, k, eps, sigma = _logistic(w, 0.0), float(w.norm()) / 4, 50, 0.05, 0.05
+    reps = stability(model, x.expand(2000, 4), sigma=sigma, k=k, generator=torch.Generator().manual_seed(2))
+    ref = float(stability(model, x, sigma=sigma, k=200_000, generator=torch.Generator().manual_seed(3))[0])
+    freq = float((reps.detach() - ref >= eps).double().mean())
+    assert freq <= concentration_tail(k, eps, gamma, sigma) + 0.01
