@@ -2,9 +2,20 @@
 
 * :func:`stability`: the Monte-Carlo Stability measure R_{k,sigma^2}(x, m).
 * :func:`stability_guarantee`: the concentration bound on P(M(x') < R_hat - eps) with a certified gamma.
+* :func:`load_data` (German credit, breast cancer, a CSV) and the bundled base MLPs (:func:`load_base_model`).
 """
 
+from lipbound.counterfactuals.bundled import load_base_model
+from lipbound.counterfactuals.datasets import TabularData, load_data
 from lipbound.counterfactuals.guarantee import GuaranteeResult, stability_guarantee
 from lipbound.counterfactuals.stability import favourable_probability, stability
 
-__all__ = ["GuaranteeResult", "favourable_probability", "stability", "stability_guarantee"]
+__all__ = [
+    "GuaranteeResult",
+    "TabularData",
+    "favourable_probability",
+    "load_base_model",
+    "load_data",
+    "stability",
+    "stability_guarantee",
+]
