@@ -88,3 +88,16 @@ def test_spectral_critic_certified_constant_and_global_lipschitz():
     x = torch.randn(256, 3, requires_grad=True)
     (g,) = torch.autograd.grad(plain(x).sum(), x)
     assert float(g.norm(dim=-1).max()) <= product * (1 + 1e-9)
+
+
+def test_probe_orders_lower_local_global():
+    from lipbound.rl.probe import critic_lipschitz_probe
+
+    torch.manual_seed(3)
+    critic = SpectralCritic(3, 1, hidden=(8,), scale=3.0)
+    out = critic_lipschitz_probe(critic, torch.randn(4, 3), eps=0.1, norm=2)
+    assert 0 < out["local_lower"] <= out["local_upper"] * (1 + 1e-9)
+    assert out["local_upper"] <= out["global_upper"] * (1 + 1e-6)
+    assert out["global_upper"] == pytest.approx(critic.state_lipschitz_product(), rel=1e-4)
+    with pytest.raises(InvalidInputError, match="eps"):
+        critic_lipschitz_probe(critic, torch.randn(4, 3), eps=-1.0)

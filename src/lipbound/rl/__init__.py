@@ -7,5 +7,6 @@ constant in the state).
 
 from lipbound.rl.critic import SpectralCritic
 from lipbound.rl.penalty import adversarial_value_penalty
+from lipbound.rl.probe import critic_lipschitz_probe
 
-__all__ = ["SpectralCritic", "adversarial_value_penalty"]
+__all__ = ["SpectralCritic", "adversarial_value_penalty", "critic_lipschitz_probe"]
