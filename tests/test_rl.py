@@ -101,3 +101,15 @@ def test_probe_orders_lower_local_global():
     assert out["global_upper"] == pytest.approx(critic.state_lipschitz_product(), rel=1e-4)
     with pytest.raises(InvalidInputError, match="eps"):
         critic_lipschitz_probe(critic, torch.randn(4, 3), eps=-1.0)
+
+
+def test_env_checks():
+    from lipbound.rl.env import make_continuous_env
+
+    env = make_continuous_env("Pendulum-v1", seed=0)
+    assert env.action_space.shape == (1,)
+    env.close()
+    with pytest.raises(InvalidInputError, match="unknown"):
+        make_continuous_env("NoSuchEnv-v9")
+    with pytest.raises(InvalidInputError, match="Discrete"):
+        make_continuous_env("CartPole-v1")
