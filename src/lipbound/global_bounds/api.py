@@ -24,6 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from lipbound.errors import InvalidInputError, SolverError, UnsupportedOperatorError
 from lipbound.global_bounds.network import LayeredNetwork, extract
 
@@ -151,6 +154,9 @@ def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_b
     return nsr_bound(net, norm, solver, time_budget)
 
 
+# what a solver path may raise on a well-formed model: turned into a failed attempt and a fallback, never an escape
+SOLVER_FAULTS = (ArithmeticError, SolverError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
+
 FALLBACK = {"lipsdp-neuron": "lipsdp-layer", "lipsdp-layer": "product", "lipsdp-nsr": "product"}
 
 
@@ -198,7 +204,7 @@ def global_lipschitz(
     while True:
         try:
             out = _run(current, net, norm, solver, time_budget)
-        except (ArithmeticError, SolverError) as e:
+        except SOLVER_FAULTS as e:
             out = {"upper": math.inf, "status": f"error: {e}"}
         if math.isfinite(out.get("upper", math.inf)):
             break
@@ -232,7 +238,7 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
         except (ImportError, AttributeError) as e:  # baselines module missing
             skipped[m] = f"unavailable: {e}"
             continue
-        except (ArithmeticError, SolverError) as e:
+        except SOLVER_FAULTS as e:
             out = {"upper": math.inf, "status": f"error: {e}"}
         results[m] = out
     finite = {m: r for m, r in results.items() if math.isfinite(r.get("upper", math.inf))}

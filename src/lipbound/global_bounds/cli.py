@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lipbound.errors import LipboundError
@@ -41,28 +42,53 @@ def global_command(
     ),
     weights: Path | None = typer.Option(None, "--weights", help="A state dict (.pt) for a 'module:factory' model."),
 ) -> None:
-    """Certified global Lipschitz upper bounds of MODEL, one row per method (bound, seconds, status)."""
-    from lipbound.cli import load_cli_model, write_json_atomic
+    """Certified global Lipschitz upper bounds of MODEL, one row per method (bound, seconds, status).
+
+    Exit codes: 0 when at least one requested method gave a certified bound, 2 for bad input (unknown flag value,
+    unreadable model, a method that does not apply to the model), 1 when every requested method failed. With
+    ``--json F`` the file is rewritten (atomically) after each method, so an interrupted run keeps what finished;
+    ``--json -`` prints the JSON on stdout (the table then goes to stderr).
+    """
+    from lipbound.cli import fail, load_cli_model, write_json_atomic
     from lipbound.global_bounds.api import MAX_LMI_ROWS, METHODS, SDP_METHODS, applicable, lmi_rows, parse_norm
     from lipbound.global_bounds.api import global_lipschitz as run
     from lipbound.global_bounds.network import extract
 
-    console = Console()
+    to_stdout = json_out is not None and str(json_out) == "-"
+    console = Console(stderr=to_stdout)
+    choices = (*METHODS, "auto", "all")
+    if method not in choices:
+        raise fail(f"--method {method!r} is not a method; choose one of {', '.join(choices)}")
     try:
         nrm = parse_norm(norm)
+    except LipboundError as e:
+        raise fail(f"--norm: {e}") from None
+    try:
         loaded, shape = load_cli_model(model, weights, _parse_shape(input_shape))
         net = extract(loaded, shape)
         ok = applicable(net, nrm)
-        methods = [m for m in METHODS if ok[m] is None] if method == "all" else [method]
     except LipboundError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    rows = []
-    for m in methods:
-        if method == "all" and m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
-            rows.append({"method": m, "upper": None, "seconds": None, "status": "skipped (too large)"})
-            continue
-        with console.status(f"running {m} ...", spinner="dots"):
+        raise fail(str(e)) from None
+    if method == "all":
+        methods = [m for m in METHODS if ok[m] is None]
+    elif method != "auto" and ok[method] is not None:
+        raise fail(f"--method {method} does not apply to this model: {ok[method]}")
+    else:
+        methods = [method]
+    rows: list[dict] = []
+
+    def save() -> None:
+        if json_out is not None and not to_stdout:
+            write_json_atomic(json_out, _payload(model, nrm, rows))
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        for m in methods:
+            if method == "all" and m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
+                rows.append({"method": m, "upper": None, "seconds": None, "status": "skipped (too large)"})
+                continue
+            task = progress.add_task(f"{m} ({len(rows) + 1}/{len(methods)})", total=None)
             try:
                 r = run(net, norm=nrm, method=m)
                 status = r.details.get("status", "ok")
@@ -73,7 +99,24 @@ def global_command(
                 )
             except LipboundError as e:
                 rows.append({"method": m, "upper": None, "seconds": None, "status": f"error: {e}"})
-    table = Table(title=f"Certified global Lipschitz bounds (l{nrm}) of {model}")
+            progress.remove_task(task)
+            save()
+    console.print(_table(rows, nrm, model))
+    if to_stdout:
+        typer.echo(json.dumps(_payload(model, nrm, rows), indent=2))
+    elif json_out is not None:
+        console.print(f"wrote {json_out}")
+    if not any(r["upper"] is not None and math.isfinite(r["upper"]) for r in rows):
+        console.print("[bold red]error:[/] [red]no requested method produced a certified bound[/]")
+        raise typer.Exit(1)
+
+
+def _payload(model: str, norm: str, rows: list[dict]) -> dict:
+    return json.loads(json.dumps({"model": model, "norm": norm, "results": rows}, default=str))
+
+
+def _table(rows: list[dict], norm: str, model: str) -> Table:
+    table = Table(title=f"Certified global Lipschitz bounds (l{norm}) of {model}")
     table.add_column("method")
     table.add_column("upper bound", justify="right")
     table.add_column("seconds", justify="right")
@@ -86,7 +129,4 @@ def global_command(
             txt = f"[bold green]{txt}[/bold green]"
         sec = "-" if r["seconds"] is None else f"{r['seconds']:.2f}"
         table.add_row(r["method"], txt, sec, str(r["status"]))
-    console.print(table)
-    if json_out is not None:
-        write_json_atomic(json_out, json.loads(json.dumps({"model": model, "norm": nrm, "results": rows}, default=str)))
-        console.print(f"wrote {json_out}")
+    return table

@@ -48,16 +48,23 @@ def pow2(x: float) -> float:
 
 
 def prepare(
-    net: LayeredNetwork, homogeneous: list[bool], reduce: bool = True, residual: list[bool] | None = None
+    net: LayeredNetwork,
+    homogeneous: list[bool],
+    reduce: bool = True,
+    residual: list[bool] | None = None,
+    prune: bool = False,
 ) -> Prepared:
     """Optionally SVD-reduce the first/last layers (l2 only) and rescale by powers of two (see module doc).
 
     ``homogeneous[k]`` says whether activation ``k`` commutes with positive scaling. A weight is rescaled only if
     the factor passes to the output through homogeneous activations; weights inside residual blocks never are
-    (the whole block ``x + s(W x)`` is homogeneous, ``W`` alone is not).
+    (the whole block ``x + s(W x)`` is homogeneous, ``W`` alone is not). ``prune``: drop constant or unused
+    neurons first (:func:`prune_constant_neurons`; only valid for element-wise activations).
     """
     residual = residual or [False] * len(net.activations)
     Ws = [w.detach().cpu().double().numpy().copy() for w in net.weights]
+    if prune:
+        Ws = prune_constant_neurons(Ws)
     if reduce and residual[:1] != [True] and Ws[0].shape[1] > Ws[0].shape[0]:
         _, _, vt = np.linalg.svd(Ws[0], full_matrices=False)
         Ws[0] = Ws[0] @ vt.T  # (n1, n1): same Gram matrix W_0 W_0^T, exact for l2
@@ -74,6 +81,28 @@ def prepare(
             Ws[k] = w / c
             scales.append(c)
     return Prepared(Ws, certified_product(scales))
+
+
+def prune_constant_neurons(Ws: list[np.ndarray]) -> list[np.ndarray]:
+    """Drop hidden neurons that cannot change the output: ``Ws[k]`` maps layer k to layer k+1.
+
+    Hidden neuron j after ``Ws[k]`` is constant when its incoming row ``Ws[k][j, :]`` is exactly zero (its
+    pre-activation is its bias, e.g. a conv output that only sees padding), and unused when its outgoing column
+    ``Ws[k+1][:, j]`` is exactly zero. Either way the network equals, up to a constant in the next pre-activation,
+    the network without it, so the Lipschitz constant is unchanged; removing it keeps the LMI free of multipliers
+    that nothing constrains (the first-order method would drive them to overflow). Repeated to a fixed point. A
+    hidden layer left empty means the network is constant (Lipschitz constant 0).
+    """
+    Ws = [w.copy() for w in Ws]
+    changed = True
+    while changed:
+        changed = False
+        for k in range(len(Ws) - 1):
+            keep = np.any(Ws[k] != 0, axis=1) & np.any(Ws[k + 1] != 0, axis=0)
+            if not keep.all():
+                Ws[k], Ws[k + 1] = Ws[k][keep], Ws[k + 1][:, keep]
+                changed = True
+    return Ws
 
 
 def check_lipsdp(net: LayeredNetwork, norm: str) -> None:
@@ -221,8 +250,10 @@ def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | Non
     if name not in SOLVER_CHOICES:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of {SOLVER_CHOICES}")
     homog = [a.kind in HOMOGENEOUS for a in net.activations]
-    prep = prepare(net, homog)
+    prep = prepare(net, homog, prune=True)
     Ws = prep.weights
+    if any(w.size == 0 for w in Ws):
+        return {"upper": 0.0, "status": "constant network (every path crosses a layer of constant neurons)"}
     slopes = [tuple(map(float, a.slope)) for a in net.activations]
     per_neuron = variant == "neuron"
     dims = [w.shape[0] for w in Ws[:-1]]

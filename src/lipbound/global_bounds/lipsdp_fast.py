@@ -36,6 +36,8 @@ def _chain(Ws: list[torch.Tensor], lams: list[torch.Tensor], slopes: Slopes) -> 
     WL = Ws[L]
     D = torch.diag(2 * lams[L - 1]) - WL.T @ WL
     for k in range(L - 1, -1, -1):  # eliminate block k+1, form the Schur complement onto block k
+        if not bool(torch.isfinite(D).all()):
+            return None
         chol, info = torch.linalg.cholesky_ex(0.5 * (D + D.T))
         if int(info) != 0:
             return None
@@ -98,8 +100,11 @@ class _Objective:
         self.evals += 1
         th = theta.detach().clone().requires_grad_(grad)
         with torch.set_grad_enabled(grad):
-            S = _chain(self.Ws, self.lams(th), self.slopes)
-            if S is None:
+            lams = self.lams(th)
+            if not all(bool(torch.isfinite(l).all()) for l in lams):
+                return math.inf, None  # multipliers overflowed: outside the domain we search
+            S = _chain(self.Ws, lams, self.slopes)
+            if S is None or not bool(torch.isfinite(S).all()):
                 return math.inf, None
             e = torch.linalg.eigvalsh(S)
             top = e[-1].detach()
