@@ -7,7 +7,14 @@ import lipbound
 from lipbound.errors import InvalidInputError
 from lipbound.rl import SpectralCritic, adversarial_value_penalty
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 for this module only (restored afterwards, so other test modules keep float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _linear_q(w):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from lipbound.errors import InvalidInputError
 from lipbound.nn import spectral_parametrize
+from lipbound.rl.networks import state_restriction
 
 
 class SpectralCritic(nn.Module):
@@ -58,33 +59,10 @@ class SpectralCritic(nn.Module):
             bound *= b
         return bound
 
-    def state_network(self, action: Tensor | None = None) -> nn.Sequential:
+    def state_network(self, action: Tensor | None = None, augment: float | None = None) -> nn.Sequential:
         """A plain nn.Sequential computing s -> Q(s, a) for the fixed ``action`` (default zeros; its contribution
-        W_0[:, d_s:] a is folded into the first bias): the network to hand to lipbound.global_lipschitz or
-        lipbound.local_lipschitz. The action enters only through the first bias, so the product bound
-        holds for every action."""
+        W_0[:, d_s:] a is folded into the first bias), on the certified effective weights: the network to hand to
+        lipbound.global_lipschitz or lipbound.local_lipschitz. The action enters only through the first bias, so
+        the product bound holds for every action. ``augment``: see :func:`lipbound.rl.networks.state_restriction`."""
         self.certify()
-        w_full = self.linears[0].weight.detach()
-        a = torch.zeros(self.action_dim, dtype=w_full.dtype) if action is None else action.detach().reshape(-1)
-        if a.numel() != self.action_dim:
-            raise InvalidInputError(f"action must have {self.action_dim} entries, got {a.numel()}")
-        mods: list[nn.Module] = []
-        for i, layer in enumerate(self.linears):
-            w = layer.weight.detach().clone()
-            if i == 0:
-                w = w[:, : self.state_dim]
-            if i == len(self.linears) - 1:
-                w = w * self.scale
-            plain = nn.Linear(w.shape[1], w.shape[0])
-            with torch.no_grad():
-                plain.weight.copy_(w)
-                bias = layer.bias.detach().clone()
-                if i == 0:
-                    bias = bias + w_full[:, self.state_dim :] @ a.to(w_full)
-                if i == len(self.linears) - 1:
-                    bias = bias * self.scale
-                plain.bias.copy_(bias)
-            mods.append(plain)
-            if i < len(self.linears) - 1:
-                mods.append(nn.ReLU())
-        return nn.Sequential(*mods)
+        return state_restriction(list(self.linears), self.state_dim, action, self.scale, augment)
