@@ -52,7 +52,7 @@ class MBPOConfig:
     rollout_batch: int = 5000
     rollout_length: int = 1
     model_retain: int = 4
-    updates_per_step: int = 10
+    updates_per_step: int = 5
     real_ratio: float = 0.05
     eval_interval: int = 500
     eval_episodes: int = 3

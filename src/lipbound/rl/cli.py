@@ -133,9 +133,9 @@ def train_command(
     ] = Reg.none,
     steps: Annotated[int, typer.Option("--steps", help="Real environment steps.")] = 3000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of everything (same seed, same run).")] = 0,
-    eval_interval: Annotated[int, typer.Option("--eval-interval", help="Evaluate and probe every N steps.")] = 500,
+    eval_interval: Annotated[int, typer.Option("--eval-interval", help="Evaluate and probe every N steps.")] = 250,
     eval_episodes: Annotated[int, typer.Option("--eval-episodes", help="Fixed-seed evaluation episodes.")] = 3,
-    updates_per_step: Annotated[int, typer.Option("--updates-per-step", help="SAC updates per real step.")] = 10,
+    updates_per_step: Annotated[int, typer.Option("--updates-per-step", help="SAC updates per real step.")] = 5,
     init_steps: Annotated[int, typer.Option("--init-steps", help="Random-action steps before learning.")] = 250,
     model_train_freq: Annotated[
         int, typer.Option("--model-train-freq", help="Refit the model and roll out every N steps.")

@@ -30,7 +30,7 @@ REGULARISERS = ("none", "adversarial", "spectral")
 
 @dataclass
 class SACConfig:
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = (64, 64)
     lr: float = 1e-3
     gamma: float = 0.99
     tau: float = 0.005
