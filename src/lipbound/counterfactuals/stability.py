@@ -18,8 +18,11 @@ VARIANTS = ("absdev", "lipschitz")
 
 
 def favourable_probability(model: nn.Module, x: Tensor) -> Tensor:
-    """m(x) for a batch ``(B, d)``: two logits -> softmax class 1, one logit -> sigmoid; shape ``(B,)``."""
-    z = model(x)
+    """m(x) for a batch ``(B, d)``: two logits -> softmax class 1, one logit -> sigmoid; shape ``(B,)``.
+
+    ``x`` is cast to the model's parameter dtype (differentiably) and the result returned in ``x``'s dtype."""
+    p = next(model.parameters(), None)
+    z = model(x.to(p.dtype) if p is not None and p.is_floating_point() else x).to(x.dtype)
     if z.ndim == 1:
         z = z.unsqueeze(-1)
     if z.shape[-1] == 2:
