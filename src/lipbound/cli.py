@@ -540,6 +540,7 @@ def _register_global() -> None:
 # (a group such as ``lipbound smooth certify``), kind "command" registers a single function as ``lipbound NAME``.
 APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
     # ("smooth", "lipbound.smoothing.cli:app", "app"),
+    ("counterfactual", "lipbound.counterfactuals.cli:counterfactual", "command"),
 ]
 
 
