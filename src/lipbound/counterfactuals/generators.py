@@ -104,17 +104,18 @@ def _dist(a: Tensor, b: Tensor, norm: int) -> Tensor:
     return (a - b).abs().sum(-1) if norm == 1 else (a - b).norm(dim=-1)
 
 
-#: points per Monte-Carlo Stability call (memory ~ points * k * d floats)
-STABILITY_CHUNK = 128
+#: Monte-Carlo sample coordinates per Stability call (points * k * d): bounds the memory of one call
+STABILITY_BUDGET = 4_000_000
 
 
 def stability_chunked(model: nn.Module, pts: Tensor, sigma: float, k: int, generator: torch.Generator) -> Tensor:
-    """:func:`stability` of ``pts`` (n, d) without gradients, ``STABILITY_CHUNK`` points per call."""
+    """:func:`stability` of ``pts`` (n, d) without gradients, in chunks of ``STABILITY_BUDGET`` sample coordinates."""
     mdt = _mdtype(model)
+    chunk = max(1, STABILITY_BUDGET // (k * pts.shape[1]))
     with torch.no_grad():
         parts = [
-            stability(model, pts[i : i + STABILITY_CHUNK].to(mdt), sigma=sigma, k=k, generator=generator)
-            for i in range(0, pts.shape[0], STABILITY_CHUNK)
+            stability(model, pts[i : i + chunk].to(mdt), sigma=sigma, k=k, generator=generator)
+            for i in range(0, pts.shape[0], chunk)
         ]
     return torch.cat(parts).to(pts.dtype) if parts else pts.new_zeros(0)
 

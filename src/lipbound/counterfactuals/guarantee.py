@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from lipbound.errors import InvalidInputError
 
 #: box half-widths r = z * sigma tried for the local certificate (each is a valid bound; the smallest p wins)
-RADII_Z = (3.0, 4.0, 5.0, 6.0, 7.0)
+RADII_Z = (4.0, 5.0, 6.0)
 
 
 def outside_mass(x: Tensor, lower: Tensor, upper: Tensor, sigma: float) -> Tensor:

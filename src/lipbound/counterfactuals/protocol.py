@@ -46,6 +46,7 @@ class ProtocolSettings:
     changed_width: int = 128
     bootstrap: bool = False
     guarantee: bool = True
+    k_mu: int = 10_000
     batch: int = 64
     seed: int = 0
 
@@ -195,7 +196,18 @@ def run_protocol(
     evaluations = {}
     for m, res in results.items():
         evaluations[m] = evaluate(
-            model, x, res, changed, data.x_train, s.sigma, s.k, s.tau, guarantee=s.guarantee, seed=s.seed, method=m
+            model,
+            x,
+            res,
+            changed,
+            data.x_train,
+            s.sigma,
+            s.k,
+            s.tau,
+            guarantee=s.guarantee,
+            k_mu=s.k_mu,
+            seed=s.seed,
+            method=m,
         )
         tick(f"evaluate {m}")
     settings_d = {**s.__dict__, "factuals": "test points with m(x) < 1/2"}
