@@ -55,7 +55,8 @@ def stability(
         raise InvalidInputError(f"need sigma > 0 and k >= 1, got sigma={sigma}, k={k}")
     b, d = x.shape
     if noise is None:
-        noise = torch.randn(b, k, d, generator=generator, dtype=x.dtype, device=x.device)
+        dev = generator.device if generator is not None else x.device  # a CPU generator draws on the CPU
+        noise = torch.randn(b, k, d, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     samples = x.unsqueeze(1) + sigma * noise
     m_s = favourable_probability(model, samples.reshape(-1, d)).reshape(b, -1)
     if variant == "absdev":
