@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from lipbound.counterfactuals.bundled import BASE_MODELS
+from lipbound.counterfactuals.bundled import BASE_MODELS, load_base_model, register_base_models
 from lipbound.counterfactuals.datasets import TabularData, load_data
 from lipbound.counterfactuals.protocol import ProtocolResult, ProtocolSettings, parse_methods, run_protocol
 from lipbound.errors import InvalidInputError, LipboundError, ModelLoadError
@@ -42,8 +42,9 @@ def load_model(spec: str, data: TabularData, weights: Path | None) -> nn.Module:
     if spec == "auto":
         if data.name not in BASE_MODELS:
             raise InvalidInputError("MODEL 'auto' needs --data german or breast_cancer; give a model for a CSV")
-        return load_bundled(BASE_MODELS[data.name][0])
+        return load_base_model(data.name)
     if spec.startswith("bundled:"):
+        register_base_models()
         return load_bundled(spec[len("bundled:") :])
     path = Path(spec)
     if path.is_file():
