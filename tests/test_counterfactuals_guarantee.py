@@ -127,3 +127,23 @@ def test_bad_inputs():
         stability_guarantee(model, torch.full((2, 2), math.nan), torch.ones(2))
     with pytest.raises(InvalidInputError, match="3 outputs"):
         stability_guarantee(torch.nn.Linear(2, 3).double(), x, torch.ones(2))
+
+
+def test_local_box_bound_matches_its_formula_on_a_logistic_model():
+    """Linear t = w.x + b: Lip_2(t) = ||w||_2, Lip_inf(t) = ||w||_1 on every box, so every piece is known."""
+    w = torch.tensor([1.0, -0.5, 0.25, 2.0], dtype=torch.float64)
+    model = _logistic(w, 1.5)
+    x = torch.tensor([[0.5, 0.2, 0.1, 0.4]], dtype=torch.float64)
+    k, eps, sigma = 100, 0.1, 0.05
+    g = stability_guarantee(model, x, torch.ones(1), sigma=sigma, k=k, eps=eps, use_global=False)
+    t = float(x[0] @ w) + 1.5
+    ps = []
+    for z in (4.0, 5.0, 6.0):
+        r = z * sigma
+        spread = min(float(w.abs().sum()) * r, float(w.norm()) * r * 2.0)
+        s = special.expit(max(t - spread, 0.0))
+        gamma = s * (1 - s) * float(w.norm())
+        p_out = 1 - (1 - 2 * stats.norm.cdf(-z)) ** 4
+        ps.append(k * p_out + math.exp(-k * (eps - 2 * p_out) ** 2 / (8 * gamma**2 * sigma**2)))
+    assert float(g.probability[0]) == pytest.approx(min(ps), rel=1e-4)
+    assert g.source == ["local"] and float(g.outside[0]) > 0

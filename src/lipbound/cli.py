@@ -649,6 +649,7 @@ def _register_global() -> None:
 APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
     ("smooth", "lipbound.smoothing.cli:app", "app"),
     ("rl", "lipbound.rl.cli:app", "app"),
+    ("counterfactual", "lipbound.counterfactuals.cli:counterfactual", "command"),
 ]
 
 

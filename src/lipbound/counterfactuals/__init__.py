@@ -4,11 +4,13 @@
 * :func:`stability_guarantee`: the concentration bound on P(M(x') < R_hat - eps) with a certified gamma.
 * generators :func:`closest_counterfactual`, :func:`wachter`, :func:`nearest_neighbour`, :func:`trex_iterative`
   (T-Rex:I), :func:`trex_nn` (T-Rex:NN), all respecting a :class:`FeatureSpace`.
+* :func:`changed_models` (retrained MLPs) and :func:`evaluate` (cost, validity, robust validity, LOF, guarantee).
 * :func:`load_data` (German credit, breast cancer, a CSV) and the bundled base MLPs (:func:`load_base_model`).
 """
 
 from lipbound.counterfactuals.bundled import load_base_model
 from lipbound.counterfactuals.datasets import TabularData, load_data
+from lipbound.counterfactuals.evaluation import Evaluation, changed_models, evaluate
 from lipbound.counterfactuals.generators import (
     CounterfactualResult,
     closest_counterfactual,
@@ -23,10 +25,13 @@ from lipbound.counterfactuals.stability import favourable_probability, stability
 
 __all__ = [
     "CounterfactualResult",
+    "Evaluation",
     "FeatureSpace",
     "GuaranteeResult",
     "TabularData",
+    "changed_models",
     "closest_counterfactual",
+    "evaluate",
     "favourable_probability",
     "load_base_model",
     "load_data",

@@ -104,17 +104,18 @@ def _dist(a: Tensor, b: Tensor, norm: int) -> Tensor:
     return (a - b).abs().sum(-1) if norm == 1 else (a - b).norm(dim=-1)
 
 
-#: points per Monte-Carlo Stability call (memory ~ points * k * d floats)
-STABILITY_CHUNK = 128
+#: Monte-Carlo sample coordinates per Stability call (points * k * d): bounds the memory of one call
+STABILITY_BUDGET = 4_000_000
 
 
 def stability_chunked(model: nn.Module, pts: Tensor, sigma: float, k: int, generator: torch.Generator) -> Tensor:
-    """:func:`stability` of ``pts`` (n, d) without gradients, ``STABILITY_CHUNK`` points per call."""
+    """:func:`stability` of ``pts`` (n, d) without gradients, in chunks of ``STABILITY_BUDGET`` sample coordinates."""
     mdt = _mdtype(model)
+    chunk = max(1, STABILITY_BUDGET // (k * pts.shape[1]))
     with torch.no_grad():
         parts = [
-            stability(model, pts[i : i + STABILITY_CHUNK].to(mdt), sigma=sigma, k=k, generator=generator)
-            for i in range(0, pts.shape[0], STABILITY_CHUNK)
+            stability(model, pts[i : i + chunk].to(mdt), sigma=sigma, k=k, generator=generator)
+            for i in range(0, pts.shape[0], chunk)
         ]
     return torch.cat(parts).to(pts.dtype) if parts else pts.new_zeros(0)
 
@@ -157,15 +158,15 @@ def closest_counterfactual(
     space = _space(space, x)
     _check_factuals(model, x, space)
     b = x.shape[0]
-    c = torch.ones(b, dtype=x.dtype)
-    lo, hi = torch.zeros(b, dtype=x.dtype), torch.full((b,), float("inf"), dtype=x.dtype)
+    c = torch.ones(b, dtype=x.dtype, device=x.device)
+    lo, hi = torch.zeros_like(c), torch.full_like(c, float("inf"))
     best = x.clone()
-    best_cost = torch.full((b,), float("inf"), dtype=x.dtype)
+    best_cost = torch.full_like(c, float("inf"))
     mask = space.mutable_mask(x)
     for _ in range(rounds):
         z = x.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
-        success = torch.zeros(b, dtype=torch.bool)
+        success = torch.zeros(b, dtype=torch.bool, device=x.device)
         for _ in range(steps):
             zp = _straight_through(space, z, x)
             cost = _dist(zp, x, norm) if norm == 1 else ((zp - x) ** 2).sum(-1)
@@ -204,7 +205,7 @@ def wachter(
     space = _space(space, x)
     _check_factuals(model, x, space)
     b = x.shape[0]
-    found = torch.zeros(b, dtype=torch.bool)
+    found = torch.zeros(b, dtype=torch.bool, device=x.device)
     best = x.clone()
     mask = space.mutable_mask(x)
     z = x.clone().requires_grad_(True)
@@ -257,7 +258,7 @@ def nearest_neighbour(
     _check_train(x_train, space)
     cand, dist = _accepted_candidates(model, x, x_train, space)
     j = dist.argmin(1)
-    x_cf = cand[torch.arange(x.shape[0]), j]
+    x_cf = cand[torch.arange(x.shape[0], device=x.device), j]
     x_cf = torch.where(torch.isfinite(dist.min(1).values).unsqueeze(1), x_cf, x)
     return _finish("nn", model, x, x_cf, t0, sigma, k, seed, {})
 
@@ -285,10 +286,10 @@ def trex_nn(
     order = dist.argsort(1)
     n_ok = torch.isfinite(dist).sum(1)
     limit = int(n_ok.max()) if max_candidates is None else min(int(n_ok.max()), max_candidates)
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=x.device)
     x_cf = torch.where((n_ok > 0).unsqueeze(1), cand[rows, order[:, 0]], x)
     done = n_ok == 0
-    robust = torch.zeros(b, dtype=torch.bool)
+    robust = torch.zeros(b, dtype=torch.bool, device=x.device)
     scanned = 0
     gen = torch.Generator().manual_seed(seed + 1)
     for start in range(0, limit, chunk):
@@ -298,7 +299,7 @@ def trex_nn(
         idx = order[todo, start : start + chunk]  # (T, c)
         pts = cand[todo.unsqueeze(1), idx]  # (T, c, d)
         r = stability_chunked(model, pts.reshape(-1, d), sigma, k, gen).reshape(idx.shape)
-        alive = torch.arange(start, start + idx.shape[1]).unsqueeze(0) < n_ok[todo].unsqueeze(1)
+        alive = torch.arange(start, start + idx.shape[1], device=x.device).unsqueeze(0) < n_ok[todo].unsqueeze(1)
         hit = (r > tau) & alive
         first = hit.float().argmax(1)
         got = hit.any(1)
@@ -333,7 +334,7 @@ def trex_iterative(
     x0 = x_cf.detach()
     b, d = x0.shape
     gen = generator if generator is not None else torch.Generator().manual_seed(seed + 2)
-    noise = torch.randn(b, k, d, generator=gen, dtype=x0.dtype)
+    noise = torch.randn(b, k, d, generator=gen, dtype=x0.dtype, device=gen.device).to(x0.device)
     mdt = _mdtype(model)
 
     def r_of(z: Tensor) -> Tensor:
@@ -346,7 +347,7 @@ def trex_iterative(
     start_r = best_r.clone()
     z = x0.clone()
     active = best_r < tau
-    steps_taken = torch.zeros(b, dtype=torch.long)
+    steps_taken = torch.zeros(b, dtype=torch.long, device=x0.device)
     for _ in range(max_steps):
         if not bool(active.any()):
             break

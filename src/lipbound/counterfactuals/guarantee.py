@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from lipbound.errors import InvalidInputError
 
 #: box half-widths r = z * sigma tried for the local certificate (each is a valid bound; the smallest p wins)
-RADII_Z = (3.0, 4.0, 5.0, 6.0, 7.0)
+RADII_Z = (4.0, 5.0, 6.0)
 
 
 def outside_mass(x: Tensor, lower: Tensor, upper: Tensor, sigma: float) -> Tensor:
@@ -132,8 +133,9 @@ class GuaranteeResult:
 
 def logit_difference(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     """t(x) (B,) and the output direction c for :func:`lipbound.local_lipschitz` (e_1 - e_0, or None for 1 logit)."""
+    p = next(model.parameters(), None)
     with torch.no_grad():
-        z = model(x)
+        z = model(x.to(p.dtype) if p is not None and p.is_floating_point() else x)
     if z.ndim == 1:
         z = z.unsqueeze(-1)
     if z.shape[-1] == 2:
@@ -145,8 +147,31 @@ def logit_difference(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None
     )
 
 
+_GLOBAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return tuple(
+        (tuple(p.shape), float(p.detach().double().sum()), float(p.detach().double().abs().sum()))
+        for p in model.parameters()
+    )
+
+
 def global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None = 10.0) -> tuple[float, str]:
-    """Certified global l2 constant of m = sigmoid(t): Lip_2(t) / 4, Lip_2(t) from :func:`lipbound.global_lipschitz`."""
+    """Certified global l2 constant of m = sigmoid(t): Lip_2(t) / 4, Lip_2(t) from :func:`lipbound.global_lipschitz`.
+
+    Cached per model object (and its weights' fingerprint): repeated guarantees for one model solve once.
+    """
+    key = (n_outputs, _fingerprint(model))
+    hit = _GLOBAL_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    out = _global_gamma(model, n_outputs, time_budget)
+    _GLOBAL_CACHE[model] = (key, out)
+    return out
+
+
+def _global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None) -> tuple[float, str]:
     from lipbound import global_lipschitz
 
     head = model
@@ -184,6 +209,7 @@ def stability_guarantee(
     gamma: str | float = "certified",
     radii_z: tuple[float, ...] = RADII_Z,
     use_global: bool = True,
+    only_applicable: bool = True,
 ) -> GuaranteeResult:
     """Bound p on P(M(x') < R_hat - eps) for changed models M satisfying (A); see the module docstring.
 
@@ -193,6 +219,8 @@ def stability_guarantee(
         eps: margin fixed in advance (tau - 1/2 for a Stability threshold tau).
         gamma: "certified" (lipbound local/global bounds) or a float the caller guarantees is a global l2
             Lipschitz constant of m.
+        only_applicable: skip the local certificate on rows with R - eps < 1/2 (nothing is claimed there; their
+            local gamma is reported as inf).
     """
     t0 = time.perf_counter()
     if x.ndim != 2:
@@ -219,7 +247,10 @@ def stability_guarantee(
         t, c = logit_difference(model, x)
         t = t.cpu()
         radii = torch.tensor([z * sigma for z in radii_z], dtype=torch.float64)
-        g_loc = local_gamma(model, x, t, c, radii).cpu()  # (B, Z)
+        g_loc = torch.full((b, len(radii_z)), math.inf, dtype=torch.float64)  # rows that do not apply: not computed
+        rows_local = applies.nonzero().flatten() if only_applicable else torch.arange(b)
+        if rows_local.numel():
+            g_loc[rows_local] = local_gamma(model, x[rows_local], t[rows_local], c, radii).cpu()  # (B, Z)
         p_out = torch.tensor([cube_outside_mass(d, z) for z in radii_z], dtype=torch.float64)
         eff = (eps - 2 * p_out).clamp(min=0)
         tails = torch.exp(-k * eff**2 / (8.0 * g_loc.clamp(min=1e-300) ** 2 * sigma**2))

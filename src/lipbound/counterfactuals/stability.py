@@ -18,8 +18,11 @@ VARIANTS = ("absdev", "lipschitz")
 
 
 def favourable_probability(model: nn.Module, x: Tensor) -> Tensor:
-    """m(x) for a batch ``(B, d)``: two logits -> softmax class 1, one logit -> sigmoid; shape ``(B,)``."""
-    z = model(x)
+    """m(x) for a batch ``(B, d)``: two logits -> softmax class 1, one logit -> sigmoid; shape ``(B,)``.
+
+    ``x`` is cast to the model's parameter dtype (differentiably) and the result returned in ``x``'s dtype."""
+    p = next(model.parameters(), None)
+    z = model(x.to(p.dtype) if p is not None and p.is_floating_point() else x).to(x.dtype)
     if z.ndim == 1:
         z = z.unsqueeze(-1)
     if z.shape[-1] == 2:
@@ -52,7 +55,8 @@ def stability(
         raise InvalidInputError(f"need sigma > 0 and k >= 1, got sigma={sigma}, k={k}")
     b, d = x.shape
     if noise is None:
-        noise = torch.randn(b, k, d, generator=generator, dtype=x.dtype, device=x.device)
+        dev = generator.device if generator is not None else x.device  # a CPU generator draws on the CPU
+        noise = torch.randn(b, k, d, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     samples = x.unsqueeze(1) + sigma * noise
     m_s = favourable_probability(model, samples.reshape(-1, d)).reshape(b, -1)
     if variant == "absdev":
