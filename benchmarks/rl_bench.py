@@ -161,6 +161,40 @@ def _plot(runs: list[dict], out_dir: Path, suffix: str) -> list[str]:
     return written
 
 
+def _unit_costs(repeats: int) -> dict:
+    """Milliseconds per SAC update (batch 256, 2x64) for each critic regulariser and per model-fit epoch on 3000
+    Pendulum-sized transitions for one model vs the ensemble, measured back to back in one process (the run wall
+    times above are inflated unevenly by other jobs on the shared machine)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from lipbound.rl.buffer import Batch
+    from lipbound.rl.dynamics import GaussianDynamics
+    from lipbound.rl.sac import SAC, SACConfig
+
+    gen = torch.Generator().manual_seed(0)
+    n = 256
+    batch = Batch(torch.randn(n, 3), torch.rand(n, 1) * 4 - 2, -torch.rand(n) * 10, torch.randn(n, 3), torch.zeros(n))
+    out: dict = {}
+    for reg in ("none", "adversarial", "spectral"):
+        torch.manual_seed(0)
+        agent = SAC(3, 1, torch.tensor([-2.0]), torch.tensor([2.0]), SACConfig(hidden=(64, 64), reg=reg))
+        for _ in range(5):
+            agent.update(batch, gen)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            agent.update(batch, gen)
+        out[f"sac_update_ms_{reg}"] = 1000 * (time.perf_counter() - t0) / repeats
+    data = Batch(torch.randn(3000, 3), torch.randn(3000, 1), torch.randn(3000), torch.randn(3000, 3), torch.zeros(3000))
+    for name, members, elites in (("single", 1, 1), ("ensemble", 5, 3)):
+        model = GaussianDynamics(3, 1, members, elites, (200, 200))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        t0 = time.perf_counter()
+        fit = model.fit(data, opt, gen, max_epochs=5, patience=100)
+        out[f"model_epoch_ms_{name}"] = 1000 * (time.perf_counter() - t0) / fit.epochs
+    return out
+
+
 def run(quick: bool = False, progress=None) -> dict:
     log = progress or (lambda m: print(m, file=sys.stderr, flush=True))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -200,7 +234,9 @@ def run(quick: bool = False, progress=None) -> dict:
             for res in pool.map(worker, jobs):
                 record(res)
     plots = _plot(runs, RESULTS, "_quick" if quick else "")
+    costs = _unit_costs(20 if quick else 200)
     return {
+        "unit_costs_ms": costs,
         "quick": quick,
         "tasks": {k: (QUICK if quick else v) for k, v in TASKS.items()},
         "variants": {k: {"model": m, "reg": g} for k, (m, g) in VARIANTS.items()},
@@ -269,4 +305,12 @@ def to_markdown(result: dict) -> str:
         cells = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     plots = "\n".join(f"![{p}]({p})" for p in result["plots"])
+    c = result.get("unit_costs_ms", {})
+    if c:
+        plots = (
+            f"Unit costs (ms, one process, back to back): SAC update none {c['sac_update_ms_none']:.2f}, adversarial "
+            f"{c['sac_update_ms_adversarial']:.2f}, spectral {c['sac_update_ms_spectral']:.2f}; dynamics-model epoch "
+            f"(3000 transitions) single {c['model_epoch_ms_single']:.0f}, ensemble of 5 "
+            f"{c['model_epoch_ms_ensemble']:.0f}.\n\n" + plots
+        )
     return head + "\n".join(lines) + "\n\n" + "\n".join(_verdict(rows)) + "\n\n" + plots + "\n"

@@ -162,6 +162,7 @@ def train_command(
     import torch
 
     from lipbound.rl.agent import MBPOConfig, train_mbpo
+    from lipbound.rl.env import make_continuous_env
     from lipbound.rl.sac import SACConfig
 
     torch.set_num_threads(1)
@@ -199,6 +200,7 @@ def train_command(
             probe_eps=probe_eps,
         )
         cfg.validate()
+        make_continuous_env(env, seed).close()  # a bad --env fails here, before the progress bar starts
         payload: dict = {"config": None, "random_return": None, "evaluations": []}
         columns = (
             TextColumn("[bold]{task.description}"),
