@@ -49,3 +49,19 @@ def test_changed_models_and_evaluate_against_direct_computation():
         evaluate(base, x, res, models, ds.x_train, tau=1.0)
     with pytest.raises(InvalidInputError, match="at least 1 changed model"):
         changed_models(ds, n=0)
+
+
+def test_protocol_keeps_records_legal_unless_categorical_features_are_relaxed():
+    from lipbound.counterfactuals import load_base_model, load_data
+    from lipbound.counterfactuals.protocol import ProtocolSettings, run_protocol
+
+    data, model = load_data("german"), load_base_model("german")
+    blocks = data.schema.one_hot_groups()
+    fractional = {}
+    for relax in (False, True):
+        s = ProtocolSettings(k=32, n_changed=0, guarantee=False, trex_steps=5, trex_step=0.2, relax_categorical=relax)
+        res = run_protocol(model, data, ["trex-i"], 4, s)
+        x_cf = res.results["trex-i"].x_cf
+        fractional[relax] = any(bool(((x_cf[:, g] > 0) & (x_cf[:, g] < 1)).any()) for g in blocks)
+        assert res.table()[0]["validity"] == 1.0 and "robust_validity" not in res.table()[0]
+    assert fractional == {False: False, True: True}

@@ -147,3 +147,15 @@ def test_local_box_bound_matches_its_formula_on_a_logistic_model():
         ps.append(k * p_out + math.exp(-k * (eps - 2 * p_out) ** 2 / (8 * gamma**2 * sigma**2)))
     assert float(g.probability[0]) == pytest.approx(min(ps), rel=1e-4)
     assert g.source == ["local"] and float(g.outside[0]) > 0
+
+
+def test_torchscript_models_get_the_same_local_and_a_sound_global_gamma():
+    model = _mlp(3, 8, 2)
+    x = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain = stability_guarantee(model, x, torch.ones(2), sigma=0.1, k=50, eps=0.2)
+    script = stability_guarantee(torch.jit.script(model), x, torch.ones(2), sigma=0.1, k=50, eps=0.2)
+    assert torch.allclose(
+        torch.tensor(script.details["gamma_local_per_radius"]), torch.tensor(plain.details["gamma_local_per_radius"])
+    )
+    assert script.details["gamma_global"] >= plain.details["gamma_global"] * (1 - 1e-9)
+    assert script.details["gamma_global"] <= plain.details["gamma_global"] * math.sqrt(2) * 1.5

@@ -145,6 +145,9 @@ def counterfactual(
     bootstrap: Annotated[bool, typer.Option(help="Retrain on bootstrap resamples too.")] = False,
     guarantee: Annotated[bool, typer.Option(help="Compute the certified guarantee.")] = True,
     trex_steps: Annotated[int, typer.Option(help="T-Rex:I gradient steps (step 0.01).")] = 100,
+    relax_categorical: Annotated[
+        bool, typer.Option(help="Treat one-hot/integer features as continuous (the paper's code; not legal records).")
+    ] = False,
     weights: Annotated[Path | None, typer.Option(help="State dict for a 'package.module:factory' MODEL.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the Monte-Carlo noise and the changed models.")] = 0,
     json_out: Annotated[
@@ -167,6 +170,7 @@ def counterfactual(
             n_changed=changed_models,
             bootstrap=bootstrap,
             guarantee=guarantee,
+            relax_categorical=relax_categorical,
             seed=seed,
         )
         settings.check()

@@ -157,7 +157,9 @@ def _fingerprint(model: nn.Module) -> tuple:
     )
 
 
-def global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None = 10.0) -> tuple[float, str]:
+def global_gamma(
+    model: nn.Module, n_outputs: int, time_budget: float | None = 10.0, dim: int | None = None
+) -> tuple[float, str]:
     """Certified global l2 constant of m = sigmoid(t): Lip_2(t) / 4, Lip_2(t) from :func:`lipbound.global_lipschitz`.
 
     Cached per model object (and its weights' fingerprint): repeated guarantees for one model solve once.
@@ -166,21 +168,26 @@ def global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None = 1
     hit = _GLOBAL_CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
-    out = _global_gamma(model, n_outputs, time_budget)
+    out = _global_gamma(model, n_outputs, time_budget, dim)
     _GLOBAL_CACHE[model] = (key, out)
     return out
 
 
-def _global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None) -> tuple[float, str]:
+def _global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None, dim: int | None) -> tuple[float, str]:
     from lipbound import global_lipschitz
 
+    shape = (dim,) if dim is not None else None
+    if n_outputs == 2 and isinstance(model, torch.jit.ScriptModule):
+        # no head can be appended to a TorchScript archive: |t(x) - t(y)| <= sqrt(2) ||f(x) - f(y)||_2
+        res = global_lipschitz(model, norm=2, method="auto", input_shape=shape, time_budget=time_budget)
+        return math.sqrt(2.0) * res.upper / 4.0, res.method + " (sqrt(2) * Lip(f))"
     head = model
     if n_outputs == 2:
         diff = nn.Linear(2, 1, bias=False)
         with torch.no_grad():
             diff.weight.copy_(torch.tensor([[-1.0, 1.0]]))
         head = nn.Sequential(model, diff.to(next(model.parameters()).dtype))
-    res = global_lipschitz(head, norm=2, method="auto", time_budget=time_budget)
+    res = global_lipschitz(head, norm=2, method="auto", input_shape=shape, time_budget=time_budget)
     return res.upper / 4.0, res.method
 
 
@@ -189,6 +196,10 @@ def local_gamma(model: nn.Module, x: Tensor, t: Tensor, c: Tensor | None, radii:
     from lipbound import local_lipschitz
 
     b, d = x.shape
+    if isinstance(model, torch.jit.ScriptModule):
+        from lipbound import trace
+
+        model = trace(model, (d,))
     nz = radii.numel()
     xs = x.detach().to(torch.float64).repeat_interleave(nz, 0)
     rs = radii.to(torch.float64).repeat(b)
@@ -262,7 +273,7 @@ def stability_guarantee(
         details["gamma_local_per_radius"] = g_loc.tolist()
         details["radii"] = radii.tolist()
         if use_global:
-            g_glob, method = global_gamma(model, 2 if c is not None else 1)
+            g_glob, method = global_gamma(model, 2 if c is not None else 1, dim=d)
             p_glob = concentration_tail(k, eps, g_glob, sigma)
             details["gamma_global"], details["global_method"] = g_glob, method
             better = torch.full((b,), p_glob, dtype=torch.float64) < p

@@ -47,6 +47,7 @@ class ProtocolSettings:
     bootstrap: bool = False
     guarantee: bool = True
     k_mu: int = 10_000
+    relax_categorical: bool = False  # the paper's treatment: one-hot/integer features as continuous [0, 1]
     batch: int = 64
     seed: int = 0
 
@@ -147,6 +148,8 @@ def run_protocol(
     check_model(model, data.x.shape[1])
     tick = progress or (lambda _msg: None)
     space = FeatureSpace.from_data(data)
+    if s.relax_categorical:  # records may then hold fractional one-hot / integer values (not legal rows)
+        space = FeatureSpace(space.lower, space.upper, space.immutable)
     x = rejected_factuals(model, data, n_factuals)
     seconds: dict[str, float] = {}
     if changed is None:
