@@ -649,6 +649,7 @@ def _register_global() -> None:
 APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
     ("smooth", "lipbound.smoothing.cli:app", "app"),
     ("rl", "lipbound.rl.cli:app", "app"),
+    ("run", "lipbound.runner.cli:run_command", "command"),
 ]
 
 
