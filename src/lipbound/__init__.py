@@ -26,6 +26,13 @@ def global_lipschitz(*args, **kwargs):
     return _impl(*args, **kwargs)
 
 
+def run(*args, **kwargs):
+    """Certify a whole data set, resumably, locally or on Ray; see :func:`lipbound.runner.api.run`."""
+    from lipbound.runner.api import run as _impl
+
+    return _impl(*args, **kwargs)
+
+
 __all__ = [
     "Graph",
     "InvalidInputError",
@@ -41,5 +48,6 @@ __all__ = [
     "jacobian_bounds",
     "local_lipschitz",
     "local_lipschitz_bab",
+    "run",
     "trace",
 ]

@@ -650,6 +650,7 @@ APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
     ("smooth", "lipbound.smoothing.cli:app", "app"),
     ("rl", "lipbound.rl.cli:app", "app"),
     ("counterfactual", "lipbound.counterfactuals.cli:counterfactual", "command"),
+    ("run", "lipbound.runner.cli:run_command", "command"),
 ]
 
 
