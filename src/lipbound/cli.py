@@ -647,7 +647,8 @@ def _register_global() -> None:
 # Application subcommands, one row each: (command name, "module:attribute", kind). kind "app" mounts a typer.Typer
 # (a group such as ``lipbound smooth certify``), kind "command" registers a single function as ``lipbound NAME``.
 APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
-    # ("smooth", "lipbound.smoothing.cli:app", "app"),
+    ("smooth", "lipbound.smoothing.cli:app", "app"),
+    ("rl", "lipbound.rl.cli:app", "app"),
 ]
 
 

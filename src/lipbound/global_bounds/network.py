@@ -383,6 +383,15 @@ def _infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     raise InvalidInputError("cannot infer input_shape (no Linear layer found); pass input_shape=...")
 
 
+PER_SAMPLE_NORMS: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
+PER_SAMPLE_NORM_HINT = (
+    "per-sample normalization is not globally Lipschitz in general (on a near-constant input 1/sqrt(var + eps) "
+    "reaches eps^-1/2); local_lipschitz bounds it on a box"
+)
+
+
 def _from_module(model: nn.Module, input_shape: tuple[int, ...]) -> LayeredNetwork:
     from lipbound.graph.mode import for_inference
 
@@ -484,7 +493,8 @@ def _module_call(ex: _Extractor, m: nn.Module, args: tuple, where: str) -> Any:
             raise
         except Exception as e:
             raise ShapeMismatchError(f"{type(m).__name__} at {where!r} failed on input shape {x.shape}: {e}") from e
-    raise UnsupportedOperatorError(type(m).__name__, where, SUPPORTED)
+    hint = PER_SAMPLE_NORM_HINT if isinstance(m, PER_SAMPLE_NORMS) else ""
+    raise UnsupportedOperatorError(type(m).__name__, where, SUPPORTED, hint=hint)
 
 
 def _name(target: Any) -> str:

@@ -145,6 +145,11 @@ def check_against(graph: Graph, model: nn.Module, input_shape: tuple[int, ...], 
     with torch.no_grad():
         ref = model(x)
         got = graph(x)
+    if isinstance(ref, Tensor) and not torch.isfinite(ref).all():
+        raise InvalidModelError(
+            "the model returns NaN or inf on random inputs (for example a normalization with eps=0 over a group "
+            "that is constant); fix the model before bounding it"
+        )
     if ref.shape != got.shape or not torch.allclose(ref, got, atol=atol, rtol=1e-4):
         err = (ref - got).abs().max().item() if ref.shape == got.shape else f"shape {tuple(got.shape)}"
         raise LipboundError(f"internal error: traced graph differs from the model (max error {err})")

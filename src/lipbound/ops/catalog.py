@@ -9,6 +9,7 @@ from lipbound.ops import (  # noqa: F401  (imported for registration)
     identity,
     leaky_relu,
     linear,
+    normalization,
     relu,
     shape,
     sigmoid,
