@@ -311,3 +311,48 @@ def test_powernorm_bad_input_and_bound_is_affine():
     w = (net[2].weight * net[1].inference_scale()) @ net[0].weight
     r = lipbound.local_lipschitz(net, torch.zeros(1, 3, dtype=D), eps=0.1, lower=False)
     assert r.upper.item() == pytest.approx(w.abs().sum().item(), rel=1e-9)  # l_inf input -> l_1 gradient norm
+
+
+def test_bcn_bound_equals_batchnorm_then_groupnorm_model():
+    gen = torch.Generator().manual_seed(11)
+    torch.manual_seed(11)
+    bcn = BatchChannelNorm2d(4, num_groups=2).to(D)
+    with torch.no_grad():
+        for t in (*bcn.parameters(), bcn.running_mean):
+            t.copy_(torch.randn(t.shape, dtype=D, generator=gen))
+        bcn.running_var.copy_(torch.rand(4, dtype=D, generator=gen) + 0.5)
+    conv, head = nn.Conv2d(1, 4, 3, padding=1).to(D), nn.Linear(4 * 9, 1).to(D)
+    net = nn.Sequential(conv, bcn, nn.ReLU(), nn.Flatten(), head).eval()
+    bn, gn = nn.BatchNorm2d(4).to(D), nn.GroupNorm(2, 4).to(D)
+    with torch.no_grad():
+        for a, b in (("weight", "weight"), ("bias", "bias"), ("running_mean", "running_mean")):
+            getattr(bn, a).copy_(getattr(bcn, b))
+        bn.running_var.copy_(bcn.running_var)
+        gn.weight.copy_(bcn.group_weight.repeat_interleave(2))
+        gn.bias.copy_(bcn.group_bias.repeat_interleave(2))
+    ref = nn.Sequential(conv, bn, gn, nn.ReLU(), nn.Flatten(), head).eval()
+    x0 = torch.randn(2, 1, 3, 3, dtype=D, generator=gen)
+    assert torch.allclose(net(x0), ref(x0), atol=1e-12)
+    a = lipbound.local_lipschitz(net, x0, eps=0.01)
+    b = lipbound.local_lipschitz(ref, x0, eps=0.01, lower=False)
+    assert torch.allclose(a.upper, b.upper, rtol=1e-9)
+    assert bool((a.lower <= a.upper).all())
+    with pytest.raises(InvalidModelError, match="training mode"):
+        lipbound.local_lipschitz(net.train(), x0, eps=0.01, lower=False)
+
+
+def test_powernorm_group_scaling_bound_is_sound():
+    gen = torch.Generator().manual_seed(12)
+    torch.manual_seed(12)
+    pn = PowerNorm(4, scaling_groups=2).to(D)
+    with torch.no_grad():
+        pn.running_phi.copy_(torch.rand(4, dtype=D, generator=gen) + 0.5)
+        pn.weight.copy_(torch.randn(4, dtype=D, generator=gen))
+    net = nn.Sequential(nn.Linear(3, 4), pn, nn.Tanh(), nn.Linear(4, 1)).to(D).eval()
+    x0 = torch.randn(2, 3, dtype=D, generator=gen)
+    r = lipbound.local_lipschitz(net, x0, eps=0.05)
+    xs = (x0[:, None] + 0.05 * (2 * torch.rand(2, 500, 3, dtype=D, generator=gen) - 1)).requires_grad_(True)
+    (g,) = torch.autograd.grad(net(xs).sum(), xs)
+    sampled = g.abs().sum(-1).amax(1)  # l_inf input: l_1 norm of the gradient
+    assert bool((sampled <= r.upper.reshape(-1) * (1 + 1e-9)).all())
+    assert bool((r.lower.reshape(-1) <= r.upper.reshape(-1)).all())
