@@ -358,7 +358,10 @@ def _conv_op(m: nn.Conv2d, shape: tuple[int, ...], where: str) -> object:
             f"Conv2d(padding_mode={m.padding_mode!r})", where, SUPPORTED, hint="only zero padding is supported"
         )
     pad = _padding(m.padding, m.weight, m.dilation, where)
-    return Conv2dLayer(m.weight.detach(), m.bias, shape, m.stride, pad, m.dilation, m.groups)
+    ws = getattr(m, "standardized_weight", None)  # lipbound.nn.WSConv2d: the conv with W_hat, never W
+    with torch.no_grad():
+        w = ws() if callable(ws) else m.weight
+    return Conv2dLayer(w.detach(), m.bias, shape, m.stride, pad, m.dilation, m.groups)
 
 
 class _Tracer(fx.Tracer):

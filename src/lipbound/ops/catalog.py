@@ -17,6 +17,7 @@ from lipbound.ops import (  # noqa: F401  (imported for registration)
     sigmoid,
     sorting,
     tanh,
+    weight_standardization,
 )
 from lipbound.ops.registry import REGISTRY
 
