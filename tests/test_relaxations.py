@@ -19,9 +19,11 @@ import lipbound.ops.catalog  # noqa: F401  (registers every op module)
 from lipbound.ops.arith import Affine, WeightedSum
 from lipbound.ops.base import ElementwiseOp, LinearOp
 from lipbound.ops.conv import Conv2dLayer
+from lipbound.ops.convex import ELU, Softplus, _Convex
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.linear import LinearLayer
 from lipbound.ops.normalization import GroupBroadcast, GroupMean, Product, Rsqrt, Square
+from lipbound.ops.pooling import Gather
 from lipbound.ops.relu import ReLU
 from lipbound.ops.shape import Reshape
 from lipbound.ops.sigmoid import Sigmoid
@@ -56,12 +58,18 @@ ELEMENTWISE = [
     pytest.param(Tanh(), torch.tanh, None, id="tanh"),
     pytest.param(Sigmoid(), torch.sigmoid, None, id="sigmoid"),
     pytest.param(Square(), torch.square, None, id="square"),
+    pytest.param(Softplus(), F.softplus, None, id="softplus"),
+    pytest.param(Softplus(2.0), partial(F.softplus, beta=2.0), None, id="softplus-beta2"),
+    # a low switch threshold: torch's identity branch drops 0.097 below the smooth function
+    pytest.param(Softplus(0.5, 3.0), partial(F.softplus, beta=0.5, threshold=3.0), None, id="softplus-switch3"),
+    *[pytest.param(ELU(a), partial(F.elu, alpha=a), (a, 1.0), id=f"elu{a}") for a in (1.0, 0.7, 0.0)],
 ]
 
 
 def test_every_elementwise_op_is_covered():
-    # Rsqrt (positive domain only) and the two-input Product: dense grids in tests/test_normalization_bounds.py
-    covered = {ReLU, LeakyReLU, Tanh, Sigmoid, Square, Rsqrt, Product}
+    # Rsqrt (positive domain only) and the two-input Product: dense grids in tests/test_normalization_bounds.py;
+    # _Convex is the abstract base of Softplus and ELU
+    covered = {ReLU, LeakyReLU, Tanh, Sigmoid, Square, Rsqrt, Product, Softplus, ELU, _Convex}
     missing = _subclasses(ElementwiseOp) - covered
     assert not missing, f"elementwise ops without relaxation tests: {sorted(c.__name__ for c in missing)}"
 
@@ -237,11 +245,14 @@ def _linear_cases():
         pytest.param(FeatureMix(torch.randn(3, 6, generator=g, dtype=DT), 1), [(6,)], id="featuremix-vec"),
         pytest.param(GroupMean((4, 2, 3), 2), [(4, 2, 3)], id="group-mean"),
         pytest.param(GroupBroadcast((4, 2, 3), 2), [(2,)], id="group-broadcast"),
+        # repeated entries (fan-out 2) and a zero output (-1)
+        pytest.param(Gather((2, 3), (4,), torch.tensor([0, 5, -1, 5])), [(2, 3)], id="gather"),
+        pytest.param(Gather((5,), (2, 2, 2), torch.tensor([4, 3, 2, 1, 0, 0, 1, 1])), [(5,)], id="gather-3d"),
     ]
 
 
 def test_every_linear_op_is_covered():
-    covered = {LinearLayer, Conv2dLayer, Reshape, Affine, WeightedSum, FeatureMix, GroupMean, GroupBroadcast}
+    covered = {LinearLayer, Conv2dLayer, Reshape, Affine, WeightedSum, FeatureMix, GroupMean, GroupBroadcast, Gather}
     missing = _subclasses(LinearOp) - covered
     assert not missing, f"linear ops without adjoint tests: {sorted(c.__name__ for c in missing)}"
 

@@ -7,10 +7,10 @@ with the same values everywhere (no relaxation is involved). Shapes are per samp
 apart), ``vec`` flattens the per-sample features in row-major order and ``n = numel(x)``:
 
 * :func:`select` (slices, gathers, ``select``, squeezes of a traced tensor): ``y = S vec(x)`` with the 0/1
-  selection matrix ``S[k, index[k]] = 1`` (``F.linear`` without bias), then a reshape to ``index.shape``;
+  selection matrix ``S[k, index[k]] = 1``, stored as its index vector (:class:`~lipbound.ops.indexing.Gather`);
 * :func:`permute` (transposes): :func:`select` with ``index = permute(arange(n).reshape(shape))``;
-* :func:`concat`: ``y = sum_i E_i vec(x_i)`` with embedding matrices ``E_i`` (``E_i[p, j] = 1`` where feature
-  ``j`` of ``x_i`` lands at position ``p`` of the output), then a reshape;
+* :func:`concat`: ``y = sum_i E_i vec(x_i)`` with embedding maps ``E_i`` (``E_i[p, j] = 1`` where feature
+  ``j`` of ``x_i`` lands at position ``p`` of the output), each a :class:`~lipbound.ops.indexing.Gather`;
 * :func:`maximum` / :func:`minimum` of two traced tensors of the same shape: ``max(a, b) = b + relu(a - b)``,
   ``min(a, b) = a - relu(a - b)``; when both are taken of the same pair they share the node ``relu(a - b)``;
 * :func:`sort_last` (a full sort along the last axis, of size ``g``): ``GroupSort`` with groups of ``g``
@@ -20,13 +20,11 @@ apart), ``vec`` flattens the per-sample features in row-major order and ``n = nu
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
@@ -35,6 +33,7 @@ from lipbound.graph.ir import Node
 from lipbound.graph.trace import BATCH
 from lipbound.nn.activations import GroupSort
 from lipbound.ops.catalog import REGISTRY
+from lipbound.ops.indexing import concat_node, feature_index, select_node
 
 
 def call(fn: Any, b: GraphBuilder, *args: Any, **kwargs: Any) -> Any:
@@ -52,26 +51,9 @@ def reshape(b: GraphBuilder, x: Node, shape: tuple[int, ...]) -> Node:
     return call(torch.reshape, b, x, (BATCH, *shape))
 
 
-def _dtype(b: GraphBuilder, x: Node) -> dict:
-    v = b.value(x)
-    return {"dtype": v.dtype, "device": v.device}
-
-
-def feature_index(x: Node) -> Tensor:
-    """Flat indices of the per-sample features of ``x``, arranged in its per-sample shape."""
-    return torch.arange(x.numel).reshape(x.shape)
-
-
 def select(b: GraphBuilder, x: Node, index: Tensor) -> Node:
     """``y[k] = x.flat[index[k]]`` for a constant integer array ``index`` (per-sample output shape = its shape)."""
-    flat_index = index.reshape(-1).long()
-    if index.shape == torch.Size(x.shape) and torch.equal(flat_index, torch.arange(x.numel)):
-        return x
-    s = torch.zeros(flat_index.numel(), x.numel, **_dtype(b, x))
-    s[torch.arange(flat_index.numel()), flat_index] = 1.0
-    flat = reshape(b, x, (x.numel,))
-    y = call(F.linear, b, flat, s, None)
-    return reshape(b, y, tuple(index.shape))
+    return select_node(b, x, index)
 
 
 def permute(b: GraphBuilder, x: Node, perm: list[int]) -> Node:
@@ -81,24 +63,7 @@ def permute(b: GraphBuilder, x: Node, perm: list[int]) -> Node:
 
 def concat(b: GraphBuilder, xs: list[Node], axis: int) -> Node:
     """Concatenate traced tensors along per-sample ``axis``: ``y = sum_i E_i x_i`` (exact)."""
-    ref = xs[0].shape
-    for x in xs:
-        if len(x.shape) != len(ref) or any(x.shape[d] != ref[d] for d in range(len(ref)) if d != axis):
-            raise ShapeMismatchError(f"concat at {b.origin!r}: shapes {[x.shape for x in xs]} do not match")
-    out_shape = list(ref)
-    out_shape[axis] = sum(x.shape[axis] for x in xs)
-    positions = torch.arange(math.prod(out_shape)).reshape(out_shape)
-    total = None
-    offset = 0
-    for x in xs:
-        part = positions.narrow(axis, offset, x.shape[axis]).reshape(-1)
-        offset += x.shape[axis]
-        e = torch.zeros(positions.numel(), x.numel, **_dtype(b, x))
-        e[part, torch.arange(x.numel)] = 1.0
-        y = call(F.linear, b, reshape(b, x, (x.numel,)), e, None)
-        total = y if total is None else call(operator.add, b, total, y)
-    assert total is not None
-    return reshape(b, total, tuple(out_shape))
+    return concat_node(b, xs, axis)
 
 
 def maximum(b: GraphBuilder, x: Node, y: Node, cache: dict | None = None) -> Node:

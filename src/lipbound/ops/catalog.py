@@ -8,6 +8,7 @@ from lipbound.ops import (  # noqa: F401  (imported for registration)
     convex,
     householder,
     identity,
+    indexing,
     leaky_relu,
     linear,
     normalization,

@@ -5,13 +5,18 @@ Relaxation on ``[l, u]`` (valid for every convex ``sigma``): upper = the chord, 
 sigma(u)]`` (both are increasing). Derivative range: ``[sigma'(l), sigma'(u)]`` (``sigma'`` is increasing), with
 the Clarke interval at ELU's kink (``[alpha, 1]`` at 0) inside it.
 
-* ``softplus_beta(z) = log(1 + exp(beta z)) / beta``, ``sigma' = sigmoid(beta z)``. torch switches to the identity
-  where ``beta z > threshold`` (default 20): a value gap below ``2e-9 / beta``; the bounds are for the smooth
-  function, and the derivative range ``<= 1`` covers the switched branch.
+* ``softplus_beta(z) = log(1 + exp(beta z)) / beta``, ``sigma' = sigmoid(beta z)``. torch computes the switched
+  function ``s(z) = z`` where ``beta z > threshold`` (default 20) and the op does too, so forward values and
+  Jacobians match the model. ``s`` is not convex at the switch: it drops below the smooth function by at most
+  ``g = log(1 + exp(-threshold)) / beta <= exp(-threshold) / beta``. The relaxation is that of the smooth
+  function with the lower plane and the interval's lower end moved down by ``g`` when ``beta u > threshold``;
+  the derivative range's upper end is 1 there (the switched branch's slope).
 * ``elu(z) = z`` (z > 0), ``alpha (exp(z) - 1)`` (z <= 0); convex only for ``0 <= alpha <= 1`` (refused otherwise).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +50,41 @@ class _Convex(ElementwiseOp):
 class Softplus(_Convex):
     name = "softplus"
 
-    def __init__(self, beta: float = 1.0) -> None:
-        self.beta = float(beta)
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        self.beta, self.threshold = float(beta), float(threshold)
+        # the switched branch's largest drop below the smooth function, widened against rounding
+        self.gap = math.log1p(math.exp(-self.threshold)) / self.beta * (1 + 1e-6) + 1e-300
+
+    def smooth(self, z: Tensor) -> Tensor:
+        """``log(1 + exp(beta z)) / beta`` without the switch, written ``relu(z) + log1p(exp(-beta |z|)) / beta``
+        so it never overflows."""
+        return torch.relu(z) + torch.log1p(torch.exp(-self.beta * z.abs())) / self.beta
 
     def forward(self, z):
-        return F.softplus(z, beta=self.beta, threshold=1e9)
+        return F.softplus(z, beta=self.beta, threshold=self.threshold)
+
+    def _switched(self, u: Tensor) -> Tensor:
+        return self.beta * u > self.threshold
+
+    def interval(self, b):
+        l, u = b
+        return self.smooth(l) - self.gap * self._switched(u).to(l.dtype), self.smooth(u)
+
+    def relax(self, l, u, alpha=None):
+        uw, ub = chord_relaxation(self.smooth(l), self.smooth(u), l, u)
+        a = self.default_alpha(l, u) if alpha is None else alpha
+        t = l + a * (u - l)
+        lw = torch.sigmoid(self.beta * t)
+        lb = self.smooth(t) - lw * t - self.gap * self._switched(u).to(l.dtype)
+        return lw, lb, uw, ub
 
     def derivative(self, z):
-        return torch.sigmoid(self.beta * z)
+        return torch.where(self.beta * z > self.threshold, torch.ones_like(z), torch.sigmoid(self.beta * z))
+
+    def derivative_bounds(self, l, u):
+        return torch.sigmoid(self.beta * l), torch.where(
+            self._switched(u), torch.ones_like(u), torch.sigmoid(self.beta * u)
+        )
 
 
 class ELU(_Convex):
@@ -67,6 +99,11 @@ class ELU(_Convex):
     def derivative(self, z):
         return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(torch.clamp(z, max=0)))
 
+    def derivative_bounds(self, l, u):
+        # the Clarke derivative at the kink z = 0 is [alpha, 1]: an interval touching 0 gets both ends
+        one = torch.ones_like(l)
+        return torch.where(l > 0, one, self.derivative(l)), torch.where(u >= 0, one, self.derivative(u))
+
 
 def _elu(builder, x, alpha: float):
     if not 0 <= alpha <= 1:
@@ -80,14 +117,17 @@ def _elu(builder, x, alpha: float):
 def _softplus_module(builder, m, args, kwargs):
     if m.beta <= 0:
         raise UnsupportedOperatorError(f"Softplus(beta={m.beta})", builder.origin, hint="beta must be > 0")
-    return builder.add(Softplus(m.beta), [args[0]])
+    return builder.add(Softplus(m.beta, m.threshold), [args[0]])
 
 
 @REGISTRY.function(F.softplus, name="Softplus")
 def _softplus_function(builder, module, args, kwargs):
     a = dict(zip(["input", "beta", "threshold"], args, strict=False))
     a.update(kwargs)
-    return builder.add(Softplus(float(a.get("beta", 1.0))), [a["input"]])
+    beta = float(a.get("beta", 1.0))
+    if beta <= 0:
+        raise UnsupportedOperatorError(f"softplus(beta={beta})", builder.origin, hint="beta must be > 0")
+    return builder.add(Softplus(beta, float(a.get("threshold", 20.0))), [a["input"]])
 
 
 @REGISTRY.module(nn.ELU, name="ELU")

@@ -19,52 +19,10 @@ from torch import Tensor, nn
 
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
 from lipbound.ops.arith import Affine, WeightedSum
-from lipbound.ops.base import LinearOp
 from lipbound.ops.conv import _pair
+from lipbound.ops.indexing import Gather
 from lipbound.ops.registry import REGISTRY
 from lipbound.ops.relu import ReLU
-
-
-class Gather(LinearOp):
-    """``y.flat[i] = x.flat[index[i]]`` (``0`` where ``index[i] == -1``): a 0/1 selection matrix; its adjoint
-    scatters and adds."""
-
-    name = "gather"
-
-    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], index: Tensor) -> None:
-        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        index = index.reshape(-1).long()
-        if index.numel() != math.prod(self.out_shape):
-            raise ShapeMismatchError(f"gather index has {index.numel()} entries for output {self.out_shape}")
-        self.valid = index >= 0
-        self.index = index.clamp(min=0)
-        counts = torch.bincount(self.index[self.valid], minlength=math.prod(self.in_shape))
-        self.fan_out = int(counts.max()) if counts.numel() else 1  # the adjoint's longest sum
-
-    def apply(self, x: Tensor) -> Tensor:
-        lead = x.shape[: x.dim() - len(self.in_shape)]
-        picked = x.reshape(*lead, -1).index_select(-1, self.index.to(x.device))
-        if not bool(self.valid.all()):
-            picked = picked * self.valid.to(device=x.device, dtype=x.dtype)
-        return picked.reshape(*lead, *self.out_shape)
-
-    def apply_transpose(self, y: Tensor) -> tuple[Tensor]:
-        lead = y.shape[: y.dim() - len(self.out_shape)]
-        flat = y.reshape(*lead, -1)
-        if not bool(self.valid.all()):
-            flat = flat * self.valid.to(device=y.device, dtype=y.dtype)
-        out = flat.new_zeros(*lead, math.prod(self.in_shape))
-        out.index_add_(out.dim() - 1, self.index.to(y.device), flat)
-        return (out.reshape(*lead, *self.in_shape),)
-
-    def abs(self) -> Gather:
-        return self
-
-    def max_terms(self, in_numel: int, out_numel: int) -> int:
-        return self.fan_out + 1
-
-    def describe(self) -> str:
-        return f"gather[{self.in_shape}->{self.out_shape}]"
 
 
 def _max_of_two(builder, a, b):
