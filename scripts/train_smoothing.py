@@ -78,6 +78,20 @@ def noisy_accuracy(model: nn.Module, x: Tensor, y: Tensor, sigma: float, seed: i
     return round(clean, 4), round(noisy, 4)
 
 
+@torch.no_grad()
+def _record(model: nn.Module, x: Tensor, y: Tensor) -> dict:
+    """The fields every bundled model records (lipbound.models.model_info): the shipped samples are the test split."""
+    acc = round((model(x).argmax(1) == y).float().mean().item(), 4)
+    return {
+        "architecture": " ".join(str(model).split()),
+        "input_shape": list(x.shape[1:]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sample_accuracy": acc,
+        "sample_size": int(x.shape[0]),
+        "test_size": int(x.shape[0]),
+    }
+
+
 def train_lip(x: Tensor, y: Tensor, seed: int) -> tuple[nn.Module, list[float]]:
     setup(seed)
     net = DigitsRSLip()
@@ -112,6 +126,7 @@ def main() -> None:
         lip = lipbound.global_lipschitz(net, norm=2, input_shape=(1, 8, 8))
         info["models"][name] = {
             "file": files[name],
+            **_record(net, xte, yte),
             "train_sigma": sigma,
             "epochs": EPOCHS_CNN,
             "seed": SEED + i,
@@ -127,6 +142,7 @@ def main() -> None:
     lip = lipbound.global_lipschitz(net, norm=2, input_shape=(1, 8, 8))
     info["models"][LIP_NAME] = {
         "file": files[LIP_NAME],
+        **_record(net, xte, yte),
         "train_sigma": LIP_SIGMA,
         "epochs": EPOCHS_LIP,
         "seed": SEED + 10,
