@@ -154,3 +154,12 @@ def run_command(
             sys.stdout.write(text + "\n")
         else:
             Path(json_out).write_text(text + "\n")
+
+
+def main() -> None:
+    """``python -m lipbound.runner.cli ...``: the same command without loading the other ``lipbound`` commands."""
+    typer.run(run_command)
+
+
+if __name__ == "__main__":
+    main()
