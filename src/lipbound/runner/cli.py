@@ -72,6 +72,7 @@ def run_command(
     retries: Annotated[int | None, typer.Option(help="Extra attempts for a failing input. [default: 0]")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="On resume, redo failed inputs.")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per worker. [default: 1]")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Task option KEY=VALUE (repeat).")] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the summary as JSON to F ('-': stdout).")
@@ -86,8 +87,8 @@ def run_command(
     from lipbound.runner.summary import plot_histogram, summary_table
     from lipbound.runner.tasks import TASKS
 
-    flags = dict(task=task, model=model, data=data, eps=eps, norm=norm, out=out, executor=executor,
-                 workers=workers, limit=limit, time_budget=time_budget, retries=retries, address=address)  # fmt: skip
+    flags = dict(task=task, model=model, data=data, eps=eps, norm=norm, out=out, executor=executor, workers=workers,
+                 limit=limit, time_budget=time_budget, retries=retries, address=address, threads=threads)  # fmt: skip
     if retry_failed:
         flags["retry_failed"] = True
     opts = _parse_options(option)

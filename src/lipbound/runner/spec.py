@@ -34,7 +34,7 @@ DATA_SETS = {
 DATA_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".csv")
 EXECUTORS = ("local", "ray")
 # fields that say HOW to run, not WHAT: they do not enter the run key (a resumed run may change them)
-RUN_ONLY_FIELDS = ("out", "executor", "workers", "limit", "address", "retries", "retry_failed")
+RUN_ONLY_FIELDS = ("out", "executor", "workers", "limit", "address", "retries", "retry_failed", "threads")
 
 
 class RunSpecError(InvalidInputError):
@@ -68,6 +68,8 @@ class RunSpec:
     retry_failed: bool = False  # on resume, redo inputs recorded as failed
     address: str | None = None  # Ray cluster address (None: start a local Ray instance)
     dtype: str = "float64"
+    threads: int = 1  # torch threads per worker (1: small per-input problems gain nothing from more, and
+    # oversubscribed cores slow every worker down)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define WHAT is computed (hashed into the run key)."""
@@ -144,7 +146,7 @@ def _check_fields(spec: RunSpec) -> None:
         raise RunSpecError(f"eps must be finite and >= 0, got {spec.eps!r}")
     if str(spec.norm) not in ("inf", "1", "2"):
         raise RunSpecError(f"norm must be inf, 1 or 2, got {spec.norm!r}")
-    for name, lo in (("workers", 1), ("limit", 1)):
+    for name, lo in (("workers", 1), ("limit", 1), ("threads", 1)):
         v = getattr(spec, name)
         if v is not None and (not isinstance(v, int) or v < lo):
             raise RunSpecError(f"{name} must be an integer >= {lo}, got {v!r}")
