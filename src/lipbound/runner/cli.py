@@ -62,21 +62,22 @@ def run_command(
     task: Annotated[str | None, typer.Option(help="Task: local, bab, monotone.")] = None,
     model: Annotated[str | None, typer.Option(help="Bundled model (digits-mlp, ...) or a model file.")] = None,
     data: Annotated[str | None, typer.Option(help="Bundled data set (digits, simple) or .npz/.npy/.pt/.csv.")] = None,
-    eps: Annotated[float | None, typer.Option(help="Box radius around every input. [default: 0.1]")] = None,
-    norm: Annotated[str | None, typer.Option(help="Input norm: inf, 2 or 1. [default: inf]")] = None,
-    out: Annotated[str | None, typer.Option(help="Output JSONL. [default: results.jsonl]")] = None,
-    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray. [default: local]")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes / Ray actors. [default: one per core]")] = None,
+    eps: Annotated[float | None, typer.Option(help="Box radius around every input. (default: 0.1)")] = None,
+    norm: Annotated[str | None, typer.Option(help="Input norm: inf, 2 or 1. (default: inf)")] = None,
+    out: Annotated[str | None, typer.Option(help="Output JSONL. (default: results.jsonl)")] = None,
+    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray. (default: local)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes / Ray actors. (default: one per core)")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N inputs.")] = None,
     time_budget: Annotated[float | None, typer.Option(help="Hard seconds per input attempt.")] = None,
-    retries: Annotated[int | None, typer.Option(help="Extra attempts for a failing input. [default: 0]")] = None,
+    retries: Annotated[int | None, typer.Option(help="Extra attempts for a failing input. (default: 0)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="On resume, redo failed inputs.")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per worker. (default: 1)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Task option KEY=VALUE (repeat).")] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the summary as JSON to F ('-': stdout).")
     ] = None,
-    plot: Annotated[Path | None, typer.Option(help="Histogram PNG. [default: <out stem>.png]")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Histogram PNG. (default: <out stem>.png)")] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the histogram.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
 ) -> None:
@@ -86,8 +87,8 @@ def run_command(
     from lipbound.runner.summary import plot_histogram, summary_table
     from lipbound.runner.tasks import TASKS
 
-    flags = dict(task=task, model=model, data=data, eps=eps, norm=norm, out=out, executor=executor,
-                 workers=workers, limit=limit, time_budget=time_budget, retries=retries, address=address)  # fmt: skip
+    flags = dict(task=task, model=model, data=data, eps=eps, norm=norm, out=out, executor=executor, workers=workers,
+                 limit=limit, time_budget=time_budget, retries=retries, address=address, threads=threads)  # fmt: skip
     if retry_failed:
         flags["retry_failed"] = True
     opts = _parse_options(option)
@@ -154,3 +155,12 @@ def run_command(
             sys.stdout.write(text + "\n")
         else:
             Path(json_out).write_text(text + "\n")
+
+
+def main() -> None:
+    """``python -m lipbound.runner.cli ...``: the same command without loading the other ``lipbound`` commands."""
+    typer.run(run_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any
 
 import numpy as np
+import torch
 
 from lipbound.runner.worker import Worker
 
@@ -55,9 +56,13 @@ class LocalExecutor:
         self, spec: dict[str, Any], input_shape: tuple[int, ...], x: np.ndarray, indices: list[int]
     ) -> Iterator[dict[str, Any]]:
         if self.workers == 1:
-            worker = Worker(spec, input_shape, threads=None)
-            for i in indices:
-                yield worker.run(i, x[i])
+            threads = torch.get_num_threads()  # the worker sets the spec's thread count; restore the caller's
+            try:
+                worker = Worker(spec, input_shape)
+                for i in indices:
+                    yield worker.run(i, x[i])
+            finally:
+                torch.set_num_threads(threads)
             return
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(

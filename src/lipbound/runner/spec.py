@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,16 @@ from torch import Tensor, nn
 from lipbound.errors import InvalidInputError, LipboundError, ShapeMismatchError
 
 BUNDLED_PREFIX = "bundled:"
-DATA_ALIASES = {"digits": "digits-mlp", "simple": "simple-mlp-16"}  # bundled data set -> a model shipping it
+# bundled data sets: name -> (package, file) of an .npz with ``x`` (and ``y``); a bundled model's name also works
+# (its 16 shipped samples)
+DATA_SETS = {
+    "digits": ("lipbound.runner.data", "digits_test.npz"),  # the 450-image digits test split (8x8, [0, 1])
+    "simple": ("lipbound.data", "simple_samples.npz"),  # 16 points of the synthetic 'simple' task
+}
 DATA_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".csv")
 EXECUTORS = ("local", "ray")
 # fields that say HOW to run, not WHAT: they do not enter the run key (a resumed run may change them)
-RUN_ONLY_FIELDS = ("out", "executor", "workers", "limit", "address", "retries", "retry_failed")
+RUN_ONLY_FIELDS = ("out", "executor", "workers", "limit", "address", "retries", "retry_failed", "threads")
 
 
 class RunSpecError(InvalidInputError):
@@ -62,6 +68,8 @@ class RunSpec:
     retry_failed: bool = False  # on resume, redo inputs recorded as failed
     address: str | None = None  # Ray cluster address (None: start a local Ray instance)
     dtype: str = "float64"
+    threads: int = 1  # torch threads per worker (1: small per-input problems gain nothing from more, and
+    # oversubscribed cores slow every worker down)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define WHAT is computed (hashed into the run key)."""
@@ -138,7 +146,7 @@ def _check_fields(spec: RunSpec) -> None:
         raise RunSpecError(f"eps must be finite and >= 0, got {spec.eps!r}")
     if str(spec.norm) not in ("inf", "1", "2"):
         raise RunSpecError(f"norm must be inf, 1 or 2, got {spec.norm!r}")
-    for name, lo in (("workers", 1), ("limit", 1)):
+    for name, lo in (("workers", 1), ("limit", 1), ("threads", 1)):
         v = getattr(spec, name)
         if v is not None and (not isinstance(v, int) or v < lo):
             raise RunSpecError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -170,18 +178,23 @@ def build_model(spec_model: str) -> tuple[nn.Module, tuple[int, ...] | None]:
 
 
 def load_data(data: str) -> tuple[Tensor, Tensor | None]:
-    """Inputs (N, ...) and labels (or None): a bundled data set (``digits``, ``simple`` or a bundled model's name:
-    its shipped test samples) or a .npz/.npy/.pt file (see :func:`lipbound.graph.load.load_inputs`) or a CSV of
-    numbers (one input per row; a header row and a ``label`` column are recognised)."""
+    """Inputs (N, ...) and labels (or None): a bundled data set (``digits``: the 450-image digits test split,
+    ``simple``, or a bundled model's name: its 16 shipped samples) or a .npz/.npy/.pt file (see
+    :func:`lipbound.graph.load.load_inputs`) or a CSV of numbers (one input per
+    row; a header row and a ``label`` column are recognised)."""
     from lipbound.models import BUNDLED, load_samples
 
-    name = DATA_ALIASES.get(model_name(data), model_name(data))
+    name = model_name(data)
+    if name in DATA_SETS:
+        package, filename = DATA_SETS[name]
+        with np.load(io.BytesIO(resources.files(package).joinpath(filename).read_bytes())) as z:
+            return torch.as_tensor(z["x"]).to(torch.float64), torch.as_tensor(z["y"]).long()
     if name in BUNDLED and not Path(data).suffix:
         return load_samples(name, dtype=torch.float64)
     p = Path(data)
     if p.suffix.lower() not in DATA_SUFFIXES:
         raise RunDataError(
-            f"data {data!r} is neither a bundled data set ({', '.join(list(DATA_ALIASES) + list(BUNDLED))}) "
+            f"data {data!r} is neither a bundled data set ({', '.join(list(DATA_SETS) + list(BUNDLED))}) "
             f"nor a {'/'.join(DATA_SUFFIXES)} file"
         )
     if not p.is_file():

@@ -52,12 +52,11 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 class Worker:
     """Holds the traced model and the task for a spec (given as a dict so it pickles to any process)."""
 
-    def __init__(self, spec: dict[str, Any], input_shape: tuple[int, ...], threads: int | None = 1) -> None:
+    def __init__(self, spec: dict[str, Any], input_shape: tuple[int, ...]) -> None:
         from lipbound.graph import trace
 
-        if threads is not None:
-            torch.set_num_threads(threads)
         self.spec = RunSpec(**spec)
+        torch.set_num_threads(self.spec.threads)
         self.dtype = task_dtype(self.spec.dtype)
         model, _ = build_model(self.spec.model)
         model = model.to(self.dtype)  # an nn.Module or a lipbound Graph (ONNX); traced once, reused per input
