@@ -7,7 +7,8 @@ and every normalization statistic. Model: token + learned position embeddings (d
 
 Norms: LN = ``nn.LayerNorm``; BN = ``nn.BatchNorm1d`` over the non-padded tokens of the batch; PN =
 ``lipbound.nn.PowerNorm(scaling_groups=4, warmup_iters=100)`` (GroupScaling with one group per head, as in the
-paper); PN-noGS = PowerNorm without GroupScaling. Adam (lr 1e-3), batch 32, ``STEPS`` steps, seeds 0 and 1.
+paper); PN-noGS = PowerNorm without GroupScaling.
+Adam (lr 1e-3), batch 32, ``STEPS`` steps, seed 0 (one seed: the shared CPU budget).
 
 Measured: the training loss every 25 steps, NaN/inf failures, token and whole-sequence accuracy on 1000 held-out
 sequences (eval mode), and the gradient-norm probe: on a fixed batch of 64 held-out sequences, in eval mode, the
@@ -28,7 +29,7 @@ from torch import nn
 from lipbound.nn import PowerNorm
 
 VOCAB, T_MAX, L_MIN, D_MODEL, HEADS, FFN = 10, 12, 3, 32, 4, 64
-STEPS, BATCH, LOG_EVERY = 2000, 32, 25
+STEPS, BATCH, LOG_EVERY = 1500, 32, 25
 NORMS = ("LN", "BN", "PN", "PN-noGS")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -187,7 +188,7 @@ def _plot(result: dict) -> str:
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     steps = 100 if quick else STEPS
-    seeds = (0,) if quick else (0, 1)
+    seeds = (0,)
     test = make_batch(1000, torch.Generator().manual_seed(1))
     probe = make_batch(64, torch.Generator().manual_seed(2))
     runs = [train_one(kind, s, steps, test, probe) for kind in NORMS for s in seeds]

@@ -355,3 +355,31 @@ def test_powernorm_group_scaling_bound_is_sound():
     sampled = g.abs().sum(-1).amax(1)  # l_inf input: l_1 norm of the gradient
     assert bool((sampled <= r.upper.reshape(-1) * (1 + 1e-9)).all())
     assert bool((r.lower.reshape(-1) <= r.upper.reshape(-1)).all())
+
+
+def test_global_bounds_powernorm_as_affine_and_refusals():
+    torch.manual_seed(13)
+    pn = PowerNorm(4).to(D)
+    bn = nn.BatchNorm1d(4, eps=pn.eps).to(D)
+    with torch.no_grad():
+        pn.running_phi.copy_(torch.tensor([0.5, 2.0, 1.0, 4.0]))
+        pn.weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        pn.bias.copy_(torch.tensor([0.1, 0.2, -0.3, 0.0]))
+        bn.running_mean.zero_()
+        bn.running_var.copy_(pn.running_phi)
+        bn.weight.copy_(pn.weight)
+        bn.bias.copy_(pn.bias)
+    l1, l2 = nn.Linear(3, 4).to(D), nn.Linear(4, 2).to(D)
+    net = nn.Sequential(l1, pn, nn.ReLU(), l2).eval()
+    ref = nn.Sequential(l1, bn, nn.ReLU(), l2).eval()
+    x = torch.randn(5, 3, dtype=D)
+    assert torch.allclose(net(x), ref(x), atol=1e-12)
+    a = lipbound.global_lipschitz(net, method="product")
+    b = lipbound.global_lipschitz(ref, method="product")
+    assert a.upper == pytest.approx(b.upper, rel=1e-9)
+    gs = nn.Sequential(nn.Linear(3, 4), PowerNorm(4, scaling_groups=2), nn.ReLU(), nn.Linear(4, 1)).to(D).eval()
+    with pytest.raises(lipbound.errors.UnsupportedOperatorError, match="GroupScaling"):
+        lipbound.global_lipschitz(gs)
+    bcn = nn.Sequential(nn.Conv2d(1, 4, 3), BatchChannelNorm2d(4, 2), nn.Flatten(), nn.Linear(16, 1)).to(D).eval()
+    with pytest.raises(lipbound.errors.UnsupportedOperatorError, match="not globally Lipschitz"):
+        lipbound.global_lipschitz(bcn, input_shape=(1, 4, 4))

@@ -368,6 +368,8 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, _AFFINE_MODULES) or _activation_of_module(m) is not None:
             return True
+        if type(m).__name__ in ("PowerNorm", "BatchChannelNorm2d"):  # lipbound.nn norms: see _module_call
+            return True
         return super().is_leaf_module(m, qualname)
 
 
@@ -493,8 +495,13 @@ def _module_call(ex: _Extractor, m: nn.Module, args: tuple, where: str) -> Any:
             raise
         except Exception as e:
             raise ShapeMismatchError(f"{type(m).__name__} at {where!r} failed on input shape {x.shape}: {e}") from e
-    hint = PER_SAMPLE_NORM_HINT if isinstance(m, PER_SAMPLE_NORMS) else ""
-    raise UnsupportedOperatorError(type(m).__name__, where, SUPPORTED, hint=hint)
+    kind = type(m).__name__
+    if kind == "PowerNorm" and len(args) == 1 and not m.training and m.scaling_groups is None:
+        return ex.affine(m, [x], where, kind)  # eval PowerNorm: the per-feature affine gamma / sqrt(phi + eps)
+    hint = PER_SAMPLE_NORM_HINT if isinstance(m, PER_SAMPLE_NORMS) or kind == "BatchChannelNorm2d" else ""
+    if kind == "PowerNorm":
+        hint = "training mode (call .eval()), a padding mask, or GroupScaling (per-sample, not globally Lipschitz)"
+    raise UnsupportedOperatorError(kind, where, SUPPORTED, hint=hint)
 
 
 def _name(target: Any) -> str:
