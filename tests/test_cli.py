@@ -256,3 +256,81 @@ def test_monotone_command(tmp_path: Path) -> None:
         assert set(parts) == set(range(10))
         assert not set(row["non_decreasing"]) & set(row["not_monotone"])
     _one_line_error(runner.invoke(app, ["monotone", "bundled:simple-mlp-16", "--bisections", "40"]), "--bisections")
+
+
+def test_local_table_is_compact_by_default_and_per_row_on_request() -> None:
+    base = ["local", "bundled:simple-mlp-16", "--limit", "2", "--eps", "0.01"]
+    compact = runner.invoke(app, base)
+    assert compact.exit_code == 0, compact.output
+    detailed = runner.invoke(app, [*base, "--per-row"])
+    assert detailed.exit_code == 0, detailed.output
+    body = [ln for ln in compact.stdout.splitlines() if ln.startswith("│")]
+    assert len(body) == 2  # one row per input (max over the output rows)
+    assert "--per-row" in compact.stdout
+    assert len([ln for ln in detailed.stdout.splitlines() if ln.startswith("│")]) > len(body)
+
+
+def test_local_json_on_stdout_and_partial_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    res = runner.invoke(app, ["local", "bundled:simple-mlp-16", "--limit", "2", "--eps", "0.01", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["complete"] and len(payload["results"]) == 2
+    assert "local Lipschitz bounds" in res.stderr  # the table went to stderr
+
+    real = lipbound.local_lipschitz
+    calls = []
+
+    def dies_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lipbound, "local_lipschitz", dies_second)
+    out = tmp_path / "partial.json"
+    res = runner.invoke(app, ["local", "bundled:simple-mlp-16", "--limit", "3", "--eps", "0.01", "--json", str(out)])
+    assert res.exit_code != 0
+    saved = json.loads(out.read_text())
+    assert not saved["complete"] and saved["inputs"] == 3
+    assert [r["input"] for r in saved["results"]] == [0]
+    assert saved["results"][0]["max_upper"] == pytest.approx(payload["results"][0]["max_upper"], rel=1e-12)
+
+
+def test_training_mode_model_is_bounded_in_eval_mode_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "bn_factory.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.save(tmp_path / "x.npy", np.zeros((1, 3), dtype=np.float32))
+    out = tmp_path / "r.json"
+    res = runner.invoke(
+        app, ["local", "bn_factory:make", "--x0", str(tmp_path / "x.npy"), "--eps", "0.1", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "note:" in res.stderr and "eval mode" in res.stderr and "'1'" in res.stderr
+    import bn_factory
+
+    ref = lipbound.local_lipschitz(bn_factory.make().eval(), torch.zeros(1, 3, dtype=torch.float64), eps=0.1)
+    assert json.loads(out.read_text())["results"][0]["max_upper"] == pytest.approx(ref.upper_max.item(), rel=1e-9)
+
+
+def test_cli_messages_use_flag_names_and_flags_show_no_placeholder() -> None:
+    from lipbound.cli import cli_wording
+
+    assert cli_wording("input_shape is required for a TorchScript model (e.g. input_shape=(784,))") == (
+        "--input-shape is required for a TorchScript model (e.g. --input-shape 784)"
+    )
+    assert "pass --input-shape" in cli_wording("dynamic per-sample dims [1]; pass input_shape=(...) explicitly")
+    help_text = runner.invoke(app, ["local", "--help"]).stdout
+    assert "--optimize" in help_text and "--per-row" in help_text
+    assert "<bool>" not in help_text
+
+
+def test_monotone_json_on_stdout() -> None:
+    res = runner.invoke(app, ["monotone", "bundled:simple-mlp-16", "--eps", "0.05", "--limit", "1", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["results"]
+    assert len(rows) == 2 and "monotonicity" in res.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import lipbound
 from lipbound.errors import (
     InvalidModelError,
     LipboundError,
@@ -72,12 +74,31 @@ def test_nan_weight_names_the_layer() -> None:
         graph_from_onnx(_onnx(model, (3,)))
 
 
-def test_batchnorm_in_training_mode() -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    with pytest.raises(InvalidModelError, match=r"'1'.*training mode"):
-        trace(model, (3,))
-    with pytest.raises(InvalidModelError, match=r"BatchNorm1d.*'1'.*training mode"):
-        graph_from_torchscript(torch.jit.script(model), (3,))
+def test_batchnorm_in_training_mode_is_bounded_in_eval_mode() -> None:
+    """One policy for every intake (lipbound.graph.mode): an eval-mode copy is bounded, with a warning naming the
+    module; the caller's model keeps its mode."""
+    from lipbound.global_bounds import global_lipschitz
+    from lipbound.graph.mode import TrainingModeWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 3)
+    reference = copy.deepcopy(model).eval()
+    with pytest.warns(TrainingModeWarning, match=r"2 BatchNorm/Dropout .*'1', '2'.*eval mode"):
+        graph = trace(model, (3,))
+    torch.testing.assert_close(graph(x), reference(x))
+    assert model.training and model[1].training
+    with pytest.warns(TrainingModeWarning, match=r"'1'"):
+        ts_graph = graph_from_torchscript(torch.jit.script(model), (3,))
+    torch.testing.assert_close(ts_graph(x), reference(x))
+    with pytest.warns(TrainingModeWarning):
+        g_train = global_lipschitz(model, method="product").upper
+    assert g_train == global_lipschitz(reference, method="product").upper
+    with pytest.warns(TrainingModeWarning):
+        local = lipbound.local_lipschitz(model, x[:1], eps=0.1)
+    assert torch.equal(local.upper, lipbound.local_lipschitz(reference, x[:1], eps=0.1).upper)
 
 
 def test_onnx_batchnorm_training_mode_and_asymmetric_pads() -> None:
@@ -193,3 +214,41 @@ def test_unsupported_structures() -> None:
 
     with pytest.raises(UnsupportedOperatorError, match="batch dimension"):
         graph_from_torchscript(torch.jit.trace(BatchMix().eval(), torch.zeros(2, 3)), (3,))
+
+
+class _LSTMHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 3, batch_first=True)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y[:, -1])
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.attn(x, x, x)
+        return y.flatten(1)
+
+
+@pytest.mark.parametrize(
+    ("make", "layer", "scope"), [(_LSTMHead, "LSTM", "/rnn"), (_Attention, "MultiheadAttention", "/attn")]
+)
+def test_onnx_recurrent_and_attention_layers_are_named(make, layer, scope) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = _onnx(make().eval(), (5, 4))
+    with pytest.raises(UnsupportedOperatorError) as e:
+        graph_from_onnx(proto)
+    msg = str(e.value)
+    assert layer in msg and scope in msg and "Transpose" not in msg
+    with pytest.raises(UnsupportedOperatorError, match=layer):  # the module intake names it too
+        trace(make().eval(), (5, 4))

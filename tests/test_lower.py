@@ -101,3 +101,65 @@ def test_lower_effort_validation_and_thorough():
     vals, pts = lower_bound(graph, lo, hi, c.reshape(1, 1, -1), "inf", effort="thorough")
     _check_attained(model, lo, hi, c.reshape(1, 1, -1), "inf", vals, pts)
     assert vals.item() <= _exact(w, b, lo, hi, c, "inf") * (1 + 1e-9)
+
+
+class _ZeroByCancellation(torch.nn.Module):
+    """``relu(x) - relu(-x) - x == 0``; autograd at x = 0 takes both gates 0 and reports gradient -1."""
+
+    def forward(self, x):
+        return torch.relu(x) - torch.relu(-x) - x
+
+
+def _maxmin_zero_net() -> torch.nn.Module:
+    """Two MaxMin pairs ``(x, -x)`` and ``(-x, x)``, output ``max_1 - max_2 == |x| - |x| == 0``.
+
+    At x = 0 both compare-exchange ReLUs are tied; autograd's relu'(0) = 0 picks ``-x`` for the first max and ``x``
+    for the second, a gradient of -2 that no point realises (the true constant is 0).
+    """
+    from lipbound.nn import MaxMin
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 4, bias=False), MaxMin(), torch.nn.Linear(4, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [-1.0], [-1.0], [1.0]]))
+        net[2].weight.copy_(torch.tensor([[1.0, 0.0, -1.0, 0.0]]))
+    return net
+
+
+@pytest.mark.parametrize("make", [_ZeroByCancellation, _maxmin_zero_net])
+@pytest.mark.parametrize("eps", [0.0, 0.5])
+def test_lower_ignores_kinks(make, eps):
+    """A constant-0 function gets lower 0: points on kinks are moved off them (or dropped), never reported."""
+    import lipbound
+
+    model = make()
+    x0 = torch.zeros(1, 1, dtype=torch.float64)
+    for norm in NORMS:
+        r = lipbound.local_lipschitz(model, x0, eps=eps, norm=norm)
+        assert r.lower.item() == 0.0
+        assert r.upper.item() >= 0.0
+
+
+def test_lower_point_is_a_clean_witness():
+    """On a net with every neuron tied at x0 = 0 (zero biases), the witness is off every kink and reproduces lower."""
+    import lipbound
+    from lipbound.lower import kink_ties
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 8, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 8, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 2, bias=False),
+    ).double()
+    x0 = torch.zeros(1, 3, dtype=torch.float64)
+    r = lipbound.local_lipschitz(model, x0, eps=0.1, norm="2")
+    pts = r.lower_point.reshape(-1, 3)
+    graph = as_graph(model, (3,), torch.float64, "cpu")
+    assert not kink_ties(graph, pts).any()
+    assert ((pts >= -0.1) & (pts <= 0.1)).all()
+    g = torch.autograd.functional.jacobian(lambda z: model(z).sum(0), pts).permute(1, 0, 2)  # (K, 2, 3)
+    ks = torch.arange(len(pts))  # witness k certifies output row k
+    again = torch.linalg.vector_norm(g[ks, ks], dim=1)
+    torch.testing.assert_close(r.lower.reshape(-1), again, rtol=1e-9, atol=1e-12)
+    assert (r.lower <= r.upper).all() and (r.lower > 0).all()

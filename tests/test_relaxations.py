@@ -21,6 +21,7 @@ from lipbound.ops.base import ElementwiseOp, LinearOp
 from lipbound.ops.conv import Conv2dLayer
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.linear import LinearLayer
+from lipbound.ops.normalization import GroupBroadcast, GroupMean, Product, Rsqrt, Square
 from lipbound.ops.relu import ReLU
 from lipbound.ops.shape import Reshape
 from lipbound.ops.sigmoid import Sigmoid
@@ -54,11 +55,13 @@ ELEMENTWISE = [
     ],
     pytest.param(Tanh(), torch.tanh, None, id="tanh"),
     pytest.param(Sigmoid(), torch.sigmoid, None, id="sigmoid"),
+    pytest.param(Square(), torch.square, None, id="square"),
 ]
 
 
 def test_every_elementwise_op_is_covered():
-    covered = {ReLU, LeakyReLU, Tanh, Sigmoid}
+    # Rsqrt (positive domain only) and the two-input Product: dense grids in tests/test_normalization_bounds.py
+    covered = {ReLU, LeakyReLU, Tanh, Sigmoid, Square, Rsqrt, Product}
     missing = _subclasses(ElementwiseOp) - covered
     assert not missing, f"elementwise ops without relaxation tests: {sorted(c.__name__ for c in missing)}"
 
@@ -232,11 +235,13 @@ def _linear_cases():
         pytest.param(WeightedSum([1.0, 1.0]), [(4,)] * 2, id="wsum-add"),
         pytest.param(FeatureMix(torch.randn(5, 4, generator=g, dtype=DT), 3), [(4, 2, 3)], id="featuremix-conv"),
         pytest.param(FeatureMix(torch.randn(3, 6, generator=g, dtype=DT), 1), [(6,)], id="featuremix-vec"),
+        pytest.param(GroupMean((4, 2, 3), 2), [(4, 2, 3)], id="group-mean"),
+        pytest.param(GroupBroadcast((4, 2, 3), 2), [(2,)], id="group-broadcast"),
     ]
 
 
 def test_every_linear_op_is_covered():
-    covered = {LinearLayer, Conv2dLayer, Reshape, Affine, WeightedSum, FeatureMix}
+    covered = {LinearLayer, Conv2dLayer, Reshape, Affine, WeightedSum, FeatureMix, GroupMean, GroupBroadcast}
     missing = _subclasses(LinearOp) - covered
     assert not missing, f"linear ops without adjoint tests: {sorted(c.__name__ for c in missing)}"
 

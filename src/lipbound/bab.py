@@ -243,12 +243,18 @@ def _lp_solver():
     return solve_scipy
 
 
-def _attained(graph: Graph, x: Tensor, c: Tensor, norm: str) -> float:
-    """Largest exact gradient norm at the points ``x`` (N, *in) (all in the box: a valid lower bound)."""
-    from lipbound.lower import dual_norm, gradients
+def _attained(graph: Graph, lo: Tensor, hi: Tensor, c: Tensor, norm: str) -> float:
+    """Largest exact gradient norm at the centres of the boxes ``[lo, hi]`` (N, *in), each moved off any kink
+    within its box (:func:`lipbound.lower.differentiable_points`; points left on a kink are skipped): a valid
+    lower bound."""
+    from lipbound.lower import differentiable_points, dual_norm, gradients
 
-    if x.shape[0] == 0:
+    if lo.shape[0] == 0:
         return 0.0
+    x, clean = differentiable_points(graph, (lo + hi) / 2, lo, hi, torch.Generator().manual_seed(0))
+    if not clean.any():
+        return 0.0
+    x = x[clean]
     g = gradients(graph, x, c.reshape(1, *c.shape[2:]).expand(x.shape[0], *c.shape[2:]))
     return float(dual_norm(g, norm).max())
 
@@ -301,7 +307,7 @@ def branch_and_bound(
         steps,
     )
     stats.domains_evaluated = 1
-    lower = max(lower, _attained(graph, (ev.xl + ev.xu) / 2, c, norm))
+    lower = max(lower, _attained(graph, ev.xl, ev.xu, c, norm))
     closed = 0.0
     # open domains, batched: bound, box, phases, chosen split (kind 0 ReLU / 1 input, node, element, coordinate)
     pool: dict = {
@@ -403,8 +409,7 @@ def branch_and_bound(
         ev = _evaluate(graph, nodes, cl, cu, c, norm, ph, optimize, steps, threshold)
         stats.domains_evaluated += 2 * p
         stats.infeasible += int(ev.empty.sum())
-        centres = ((ev.xl + ev.xu) / 2)[~ev.empty]
-        lower = max(lower, _attained(graph, centres, c, norm))
+        lower = max(lower, _attained(graph, ev.xl[~ev.empty], ev.xu[~ev.empty], c, norm))
         admit(ev, ph, take["up"].repeat(2))
     stats.domains_open = int(pool["up"].numel())
     stats.seconds = time.perf_counter() - t0

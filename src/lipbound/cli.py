@@ -14,8 +14,10 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 import lipbound
 from lipbound.errors import InvalidInputError, LipboundError, ModelLoadError, ShapeMismatchError
 from lipbound.graph.ir import Graph
+from lipbound.graph.mode import TrainingModeWarning
 
 app = typer.Typer(
     name="lipbound",
@@ -44,6 +47,21 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+
+
+def _hide_flag_placeholder() -> None:
+    """``--help`` shows a type placeholder after every option; a flag takes no value, so it gets none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_placeholder()
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -67,8 +85,26 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
+# API-phrased hints in error messages, reworded for the command line (a CLI user has flags, not keywords)
+CLI_WORDING: list[tuple[str, str]] = [
+    (r"\(e\.g\. input_shape=\((\d+),\)\)", r"(e.g. --input-shape \1)"),
+    (r"pass input_shape=\(C, H, W\)", "pass --input-shape C,H,W"),
+    (r"pass input_shape=\(\.\.\.\)( explicitly)?", "pass --input-shape (e.g. --input-shape 1,28,28)"),
+    (r"pass input_shape=\.\.\.", "pass --input-shape (e.g. --input-shape 1,28,28)"),
+    (r"input_shape is required", "--input-shape is required"),
+]
+
+
+def cli_wording(message: str) -> str:
+    """``message`` with Python-API hints (``input_shape=(784,)``) replaced by the CLI flags."""
+    for pattern, replacement in CLI_WORDING:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
 def fail(message: str) -> typer.Exit:
     """Print ``message`` as one red line on stderr and return the exit (code 2) to raise."""
+    message = cli_wording(message)
     _stderr().print(f"[bold red]error:[/] [red]{escape(message)}[/]", soft_wrap=True, highlight=False)
     return typer.Exit(EXIT_USER_ERROR)
 
@@ -205,7 +241,7 @@ def to_graph(model: Any, input_shape: tuple[int, ...], dtype: torch.dtype) -> Gr
     if isinstance(model, nn.Module):
         from lipbound.graph import trace
 
-        return trace(model.to(dtype).eval(), tuple(input_shape))
+        return trace(model.to(dtype), tuple(input_shape))
     raise ModelLoadError(f"the model loader returned a {type(model).__name__}, not a module or graph")
 
 
@@ -297,16 +333,32 @@ def local_command(
         str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8 (for factory models).")
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON to this file (atomically).")
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write the results as JSON to this file, rewritten (atomically) after every batch so an "
+            "interrupted run keeps what finished; '-' prints the JSON on stdout (the table goes to stderr).",
+        ),
     ] = None,
     dtype: Annotated[
-        DType, typer.Option("--dtype", help="Precision of the computation (float64 is robust to rounding).")
+        DType,
+        typer.Option(
+            "--dtype", help="Precision of the computation (both are rigorous; float32 is faster, slightly looser)."
+        ),
     ] = DType.float64,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs bounded together per engine call.")] = 1,
     limit: Annotated[int | None, typer.Option("--limit", help="Bound only the first N inputs.")] = None,
+    per_row: Annotated[
+        bool,
+        typer.Option("--per-row", help="One table row per input and output row (default: one row per input)."),
+    ] = False,
 ) -> None:
-    """Certified upper and attained lower bounds on the local Lipschitz constant around each input."""
-    out = Console()
+    """Certified upper and attained lower bounds on the local Lipschitz constant around each input.
+
+    Exit codes: 0 on success, 2 for bad input (one red line on stderr), 1 for an internal fault.
+    """
+    to_stdout = json_out is not None and str(json_out) == "-"
+    out = Console(stderr=to_stdout)
     with user_errors():
         if not eps >= 0:
             raise InvalidInputError(f"--eps must be a finite number >= 0, got {eps}")
@@ -326,26 +378,37 @@ def local_command(
         n_out = graph.output.numel
         cvec = parse_direction(c, n_out, tdtype)
         p: str | int = "inf" if norm == Norm.inf else int(norm.value)
-        rows = _run_local(graph, xs, eps, p, cvec, method.value, optimize, batch_size, tdtype, bab)
-    shown = method.value + ("+bab" if bab is not None else "")
-    _print_local(out, rows, model, eps, norm.value, shown, optimize)
-    if json_out is not None:
-        payload = {
-            "lipbound_version": lipbound.__version__,
-            "model": model,
-            "input_shape": list(graph.input_shape),
-            "eps": eps,
-            "norm": norm.value,
-            "c": c,
-            "method": shown,
-            "optimize": optimize,
-            "bab_seconds": bab,
-            "dtype": dtype.value,
-            "results": rows,
-            "total_seconds": sum(r["seconds"] for r in rows),
-        }
-        with user_errors():
-            write_json_atomic(json_out, payload)
+        shown = method.value + ("+bab" if bab is not None else "")
+
+        def payload(rows: list[dict], done: bool) -> dict:
+            return {
+                "lipbound_version": lipbound.__version__,
+                "model": model,
+                "input_shape": list(graph.input_shape),
+                "eps": eps,
+                "norm": norm.value,
+                "c": c,
+                "method": shown,
+                "optimize": optimize,
+                "bab_seconds": bab,
+                "dtype": dtype.value,
+                "complete": done,
+                "inputs": len(xs),
+                "results": rows,
+                "total_seconds": sum(r["seconds"] for r in rows),
+            }
+
+        def save(rows: list[dict]) -> None:
+            if json_out is not None and not to_stdout:
+                write_json_atomic(json_out, payload(rows, len(rows) == len(xs)))
+
+        if json_out is not None and not to_stdout:
+            save([])  # fail on an unwritable --json before any work
+        rows = _run_local(graph, xs, eps, p, cvec, method.value, optimize, batch_size, tdtype, bab, save)
+    _print_local(out, rows, model, eps, norm.value, shown, optimize, per_row)
+    if to_stdout:
+        typer.echo(json.dumps(payload(rows, True), indent=2))
+    elif json_out is not None:
         out.print(f"wrote {json_out}", highlight=False)
 
 
@@ -360,8 +423,11 @@ def _run_local(
     batch_size: int,
     dtype: torch.dtype,
     bab: float | None = None,
+    on_batch: Any = None,
 ) -> list[dict]:
-    """Bound every input (in chunks of ``batch_size``) with a progress bar on stderr; one dict per input."""
+    """Bound every input (in chunks of ``batch_size``) with a progress bar on stderr; one dict per input.
+
+    ``on_batch(rows)`` is called with the rows so far after every batch (to save partial results)."""
     rows: list[dict] = []
     columns = (TextColumn("bounding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=_stderr(), transient=True) as progress:
@@ -388,15 +454,39 @@ def _run_local(
                 row["seconds"] = secs
                 rows.append(row)
             progress.advance(task, len(xb))
+            if on_batch is not None:
+                on_batch(rows)
     return rows
 
 
 def _print_local(
-    out: Console, rows: list[dict], model: str, eps: float, norm: str, method: str, optimize: bool
+    out: Console,
+    rows: list[dict],
+    model: str,
+    eps: float,
+    norm: str,
+    method: str,
+    optimize: bool,
+    per_row: bool = False,
 ) -> None:
     title = f"{model}: local Lipschitz bounds, eps={eps:g}, norm={norm}, {method}{'+optimize' if optimize else ''}"
-    table = Table(title=title)
     multi = bool(rows) and isinstance(rows[0]["upper"], list)
+    if multi and not per_row:  # compact: one row per input, the max over output rows
+        k = len(rows[0]["upper"])
+        table = Table(title=title, caption=f"max over the {k} output rows; --per-row for each")
+        for name in ("input", "upper", "lower", "gap (upper/lower)", "seconds"):
+            table.add_column(name, justify="right")
+        for r in rows:
+            table.add_row(
+                str(r["input"]),
+                f"{r['max_upper']:.5g}",
+                f"{r['max_lower']:.5g}",
+                f"{r['max_gap']:.4g}",
+                f"{r['seconds']:.3f}",
+            )
+        out.print(table)
+        return
+    table = Table(title=title)
     table.add_column("input", justify="right")
     if multi:
         table.add_column("row", justify="right")
@@ -442,15 +532,17 @@ def monotone_command(
         str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8.")
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the verdicts as JSON (atomically).")
+        Path | None,
+        typer.Option("--json", help="Also write the verdicts as JSON (atomically); '-' prints it on stdout."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N inputs.")] = None,
 ) -> None:
     """Certify, per input, output direction and feature, that the model is non-decreasing / non-increasing on the
-    box (or find a counterexample)."""
+    box (or find a counterexample). Exit codes as for 'lipbound local'."""
     from lipbound.monotonicity import certify_monotonicity
 
-    out = Console()
+    to_stdout = json_out is not None and str(json_out) == "-"
+    out = Console(stderr=to_stdout)
     with user_errors():
         if not eps >= 0:
             raise InvalidInputError(f"--eps must be a finite number >= 0, got {eps}")
@@ -461,7 +553,8 @@ def monotone_command(
         xs = shape_inputs(read_cli_inputs(x0, model), shape or given_shape, limit).to(torch.float64)
         graph = to_graph(loaded, tuple(xs.shape[1:]), torch.float64)
         cvec = parse_direction(c, graph.output.numel, torch.float64)
-        r = certify_monotonicity(graph, xs, eps, cvec, bisections=bisections)
+        with _stderr().status(f"certifying {len(xs)} input(s) x {2**bisections} part(s) ...", spinner="dots"):
+            r = certify_monotonicity(graph, xs, eps, cvec, bisections=bisections)
     verdict = _verdicts(r)
     table = Table(title=f"{model}: monotonicity on B_inf(x0, {eps:g}), {r.parts} part(s) per box")
     for col in ("input", "direction", "non-decreasing in", "non-increasing in", "counterexample to both", "unknown"):
@@ -469,9 +562,12 @@ def monotone_command(
     for row in verdict:
         table.add_row(*(str(row[k]) if not isinstance(row[k], list) else _features(row[k]) for k in row))
     out.print(table)
-    if json_out is not None:
+    payload = {"model": model, "eps": eps, "parts": r.parts, "results": verdict}
+    if to_stdout:
+        typer.echo(json.dumps(payload, indent=2))
+    elif json_out is not None:
         with user_errors():
-            write_json_atomic(json_out, {"model": model, "eps": eps, "parts": r.parts, "results": verdict})
+            write_json_atomic(json_out, payload)
         out.print(f"wrote {json_out}", highlight=False)
 
 
@@ -523,6 +619,18 @@ def demo_command(
 @app.callback()
 def main() -> None:
     """Certified local and global Lipschitz bounds for PyTorch networks."""
+    warnings.showwarning = _show_note
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """lipbound's own warnings (e.g. a model bounded in eval mode) as one yellow ``note:`` line on stderr."""
+    if issubclass(category, TrainingModeWarning):
+        _stderr().print(f"[yellow]note:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def _register_global() -> None:
@@ -539,7 +647,8 @@ def _register_global() -> None:
 # Application subcommands, one row each: (command name, "module:attribute", kind). kind "app" mounts a typer.Typer
 # (a group such as ``lipbound smooth certify``), kind "command" registers a single function as ``lipbound NAME``.
 APPLICATION_COMMANDS: list[tuple[str, str, str]] = [
-    # ("smooth", "lipbound.smoothing.cli:app", "app"),
+    ("smooth", "lipbound.smoothing.cli:app", "app"),
+    ("rl", "lipbound.rl.cli:app", "app"),
     ("counterfactual", "lipbound.counterfactuals.cli:counterfactual", "command"),
 ]
 

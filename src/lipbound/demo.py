@@ -148,4 +148,7 @@ def run_demo(out_dir: Path | str = "demo-output", quick: bool = False, console: 
     plot(rows, out / PLOT_NAME)
     (out / "demo.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     console.print(f"wrote {out / PLOT_NAME} and {out / 'demo.json'}", highlight=False)
+    from lipbound.smoothing.demo import smoothing_section  # randomized smoothing (writes smoothing.json)
+
+    smoothing_section(console, out, quick)
     return rows

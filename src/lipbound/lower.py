@@ -19,7 +19,13 @@ so the maximum over the points we try is a valid lower bound on
    sampling and ascent. Runs under ``effort="default"`` only when the net is small (cheap), always under
    ``"thorough"``.
 
-Only exact gradient norms (autograd on the exact network) enter the returned value.
+Only exact gradient norms (autograd on the exact network) enter the returned value, and only at points where the
+network is differentiable: autograd takes ``relu'(0) = 0`` on a kink, a gate pattern that no nearby point (and no
+Clarke element) may realise (``relu(x) - relu(-x) - x == 0`` has autograd gradient -1 at 0). A candidate that would
+become the best point is accepted only when every ReLU / LeakyReLU pre-activation is either clear of its kink
+(``|z_j| > tol``, a rounding-aware tolerance) or constant near the point (bitwise the same value at two random
+nearby points); otherwise it is moved to random nearby points of the box, re-evaluated there, and dropped
+if none of them is clean (:func:`differentiable_points`). The returned point is that witness.
 """
 
 from __future__ import annotations
@@ -93,6 +99,72 @@ def gradients(graph: Graph, x: Tensor, c: Tensor, beta: float | None = None, cre
         y = _evaluate(graph, x, beta)
         (g,) = torch.autograd.grad((y * c).sum(), x, create_graph=create_graph)
     return g
+
+
+KINK_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+NUDGES = (1e-6, 1e-4, 1e-2)  # relative sizes (of the box width) of the moves off a kink
+
+
+def _pre_activations(graph: Graph, x: Tensor) -> list[Tensor]:
+    """Every ReLU / LeakyReLU pre-activation at ``x``, flattened to ``(N, H_l)``."""
+    taps: list = []
+    with torch.no_grad():
+        _evaluate(graph, x, None, taps)
+    return [z.reshape(x.shape[0], -1) for _, z, _ in taps]
+
+
+def kink_ties(graph: Graph, x: Tensor, generator: torch.Generator | None = None, step: float = 1e-3) -> Tensor:
+    """Whether each point of ``x`` (``(N, *in)``) lies on (or within rounding of) a kink that matters.
+
+    Pre-activation ``z_j`` of a ReLU / LeakyReLU is *tied* when ``|z_j| <= tol * (1 + max_i |z_i|)`` over its layer
+    (``tol`` from :data:`KINK_RTOL`, far above the rounding error of a well-conditioned sum) and it moves with ``x``:
+    its value at ``x +- h v`` (``v`` a random direction, ``h = step * (1 + max |x|)``) is not bitwise equal to its
+    value at ``x``. A pre-activation that does not move (zero incoming weights, a dead upstream layer) is harmless,
+    whatever gate autograd picks; rounding noise counts as moving, which only makes the test stricter. A point with
+    no tied pre-activation has a neighbourhood on which every gate is fixed, so the network is differentiable there
+    and autograd's gradient is its true gradient. Returns ``(N,)`` bools.
+    """
+    n = x.shape[0]
+    flat = x.detach().reshape(n, -1)
+    v = torch.rand(flat.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+    h = step * (1 + flat.abs().amax(1, keepdim=True))
+    at = _pre_activations(graph, x.detach())
+    plus = _pre_activations(graph, (flat + h * v).reshape(x.shape))
+    minus = _pre_activations(graph, (flat - h * v).reshape(x.shape))
+    tied = torch.zeros(n, dtype=torch.bool, device=x.device)
+    tol = KINK_RTOL.get(x.dtype, 1e-4)
+    for z, zp, zm in zip(at, plus, minus, strict=True):
+        scale = 1 + z.abs().amax(1, keepdim=True)
+        moving = (zp != z) | (zm != z)
+        tied |= ((z.abs() <= tol * scale) & moving).any(1)
+    return tied
+
+
+def differentiable_points(
+    graph: Graph, x: Tensor, lo: Tensor, hi: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Replace points on kinks by nearby clean points of the box ``[lo, hi]`` (all ``(N, *in)``).
+
+    Tied points are moved by ``delta * u`` (``u`` uniform in ``[-1, 1]^d``, ``delta`` a growing fraction
+    :data:`NUDGES` of the box width) and clipped to the box; the first clean move is kept. Returns the points and
+    whether each is clean (points that stay tied are returned unchanged with ``False``).
+    """
+    tied = kink_ties(graph, x, generator)
+    if not tied.any():
+        return x, ~tied
+    x = x.clone()
+    width = hi - lo
+    for frac in NUDGES:
+        idx = tied.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        u = torch.rand(x[idx].shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+        moved = torch.minimum(torch.maximum(x[idx] + frac * width[idx] * u, lo[idx]), hi[idx])
+        still = kink_ties(graph, moved, generator)
+        ok = idx[~still]
+        x[ok] = moved[~still]
+        tied[ok] = False
+    return x, ~tied
 
 
 def _gates(op, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,17 +309,37 @@ def lower_bound(
     best = torch.full((b, k), -1.0, dtype=x_lower.dtype, device=x_lower.device)
     best_x = ((lo + hi) / 2).clone()
 
+    flat_c = c.reshape(b * k, *c.shape[2:])
+    kink_gen = torch.Generator(device="cpu").manual_seed(seed + 1)  # own stream: the search's samples do not shift
+
     def consider(points: Tensor) -> Tensor:
-        """points: (R, B, K, *in) -> update best with exact gradient norms; returns the norms (R, B, K)."""
+        """points: (R, B, K, *in) -> exact gradient norms (R, B, K); the best is kept if it is a clean witness.
+
+        The norms returned steer the search (they may sit on kinks); ``best`` only takes values re-evaluated at a
+        point where the network is differentiable (:func:`differentiable_points`).
+        """
         r = points.shape[0]
         flat = points.reshape(r * b * k, *in_shape)
         cc = c.unsqueeze(0).expand(r, *c.shape).reshape(r * b * k, *c.shape[2:])
         vals = dual_norm(gradients(graph, flat, cc), norm).reshape(r, b, k)
         v, idx = vals.max(0)
         better = v > best
-        best.copy_(torch.where(better, v, best))
-        pick = points.gather(0, idx.reshape(1, b, k, *([1] * nd)).expand(1, b, k, *in_shape))[0]
-        best_x.copy_(torch.where(better.reshape(b, k, *([1] * nd)), pick, best_x))
+        if better.any():
+            pick = points.gather(0, idx.reshape(1, b, k, *([1] * nd)).expand(1, b, k, *in_shape))[0]
+            sel = better.reshape(-1).nonzero().flatten()
+            cand, clean = differentiable_points(
+                graph,
+                pick.reshape(b * k, *in_shape)[sel],
+                lo.reshape(b * k, *in_shape)[sel],
+                hi.reshape(b * k, *in_shape)[sel],
+                kink_gen,
+            )
+            value = dual_norm(gradients(graph, cand, flat_c[sel]), norm)
+            value = torch.where(clean, value, torch.full_like(value, -1.0))
+            flat_best, flat_x = best.view(-1), best_x.view(b * k, *in_shape)
+            take = value > flat_best[sel]
+            flat_best[sel[take]] = value[take]
+            flat_x[sel[take]] = cand[take]
         return vals
 
     width = hi - lo

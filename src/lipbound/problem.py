@@ -6,6 +6,7 @@ inputs, wrong-size directions, non-finite weights).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,22 @@ def model_dtype(model: nn.Module | Graph) -> torch.dtype:
     return torch.float64
 
 
+def _in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` itself, or a float ``dtype`` copy of it when ``dtype`` is wider than its parameters.
+
+    Tracing folds modules (BatchNorm into an affine map, ...) in the parameters' dtype; folding a float32 model in
+    float32 and casting afterwards rounds ``gamma / sqrt(var + eps)`` before the float64 computation starts. The
+    float32 values are exact in float64, so the copy is the same real-number network, folded without rounding loss.
+    """
+    mdt = model_dtype(model)
+    if not dtype.is_floating_point or torch.finfo(dtype).bits <= torch.finfo(mdt).bits:
+        return model
+    try:
+        return copy.deepcopy(model).to(dtype)
+    except Exception:  # a module that cannot be copied or cast: trace it as it is
+        return model
+
+
 def as_graph(model: nn.Module | Graph, input_shape: tuple[int, ...], dtype: torch.dtype, device) -> Graph:
     if isinstance(model, Graph):
         if model.input_shape != tuple(input_shape):
@@ -74,7 +91,7 @@ def as_graph(model: nn.Module | Graph, input_shape: tuple[int, ...], dtype: torc
             )
         graph = model
     elif isinstance(model, nn.Module):
-        graph = trace(model, tuple(input_shape))
+        graph = trace(_in_dtype(model, dtype), tuple(input_shape))
     else:
         raise InvalidModelError(f"model must be an nn.Module or a lipbound Graph, got {type(model).__name__}")
     graph.check_finite()

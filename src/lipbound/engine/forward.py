@@ -22,10 +22,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lipbound.engine import rounding
 from lipbound.engine.crown import Alphas, backsubstitute, identity_spec
 from lipbound.engine.optim import ProjectedAdam
+from lipbound.engine.rounding import gamma, linear_magnitude
 from lipbound.graph.ir import Graph, Node
-from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp
+from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
 
@@ -93,8 +95,13 @@ def interval_bounds(
         elif isinstance(n.op, ConstOp):
             b = (n.op.value, n.op.value)
         else:
-            l, u = n.op.interval(*(out[id(i)] for i in n.inputs))
+            ins = [out[id(i)] for i in n.inputs]
+            l, u = n.op.interval(*ins)
             b = outward(l, u)
+            if isinstance(n.op, LinearOp) and rounding.RIGOROUS:  # rounding relative to the summed terms
+                g = gamma(n.op.max_terms(sum(i.numel for i in n.inputs), n.numel) + 8, l.dtype)
+                pad = g * linear_magnitude(n.op, [torch.maximum(il.abs(), iu.abs()) for il, iu in ins])
+                b = (b[0] - pad, b[1] + pad)
         if known is not None and id(n) in known:
             kl, ku = known[id(n)]
             b = (torch.maximum(b[0], kl), torch.minimum(b[1], ku))

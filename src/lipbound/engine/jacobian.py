@@ -51,6 +51,9 @@ class TransposedLinear(LinearOp):
     def abs(self) -> TransposedLinear:
         return TransposedLinear(self.op.abs())
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return self.op.max_terms(out_numel, in_numel)
+
     def describe(self) -> str:
         return f"T({self.op.describe()})"
 
@@ -248,3 +251,6 @@ class ZeroMap(LinearOp):
 
     def abs(self) -> ZeroMap:
         return self
+
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return 1

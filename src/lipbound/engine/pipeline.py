@@ -16,6 +16,7 @@ from torch import Tensor
 from lipbound.engine.crown import backsubstitute
 from lipbound.engine.forward import bound_nodes, optimized_backsubstitute
 from lipbound.engine.jacobian import GatedProduct, build_jacobian_graph
+from lipbound.engine.rounding import ACC, gamma, round_up
 from lipbound.graph.ir import Graph
 
 
@@ -32,9 +33,13 @@ def norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str, optimize: 
     mag = torch.maximum(flat_l.abs(), flat_u.abs())
     if norm == "1":
         return mag.amax(1)
-    interval_value = mag.sum(1) if norm == "inf" else mag.pow(2).sum(1).sqrt()
+    d, dtype = mag.shape[1], mag.dtype
+    # sums of d non-negative terms in float64: relative error gamma_{d+4}; squares and sqrt: a few roundings
+    grow = 1 + gamma(d + 8, ACC)
+    m64 = mag.to(ACC)
+    interval_value = m64.sum(1) * grow if norm == "inf" else ((m64 * m64).sum(1) * grow).sqrt() * grow
     if method == "interval":
-        return interval_value
+        return round_up(interval_value, dtype)
     if norm == "inf":
         cross = (l < 0) & (u > 0)
         width = torch.where(cross, u - l, torch.ones_like(l))
@@ -48,10 +53,13 @@ def norm_upper(back: Graph, g_x, bounds, box, norm: str, method: str, optimize: 
         _, up = optimized_backsubstitute(back, g_x, lam, bounds, box, steps=steps, only=gates)
     else:
         _, up = backsubstitute(back, g_x, lam, bounds, box)
-    value = up[:, 0] + icpt.reshape(icpt.shape[0], -1).sum(1)
+    flat_icpt = icpt.reshape(icpt.shape[0], -1).to(ACC)
+    # rounding of the relaxation lines (slope, intercept) in dtype and of the float64 sums, relative to magnitudes
+    scale = (slope.abs().reshape(slope.shape[0], -1).to(ACC) * m64 + flat_icpt.abs()).sum(1)
+    value = up[:, 0].to(ACC) + flat_icpt.sum(1) + (gamma(8, dtype) + gamma(d + 8, ACC)) * scale
     if norm == "2":
-        value = value.clamp(min=0).sqrt()
-    return torch.minimum(value, interval_value)
+        value = value.clamp(min=0).sqrt() * (1 + gamma(2, ACC))
+    return round_up(torch.minimum(value, interval_value), dtype)
 
 
 @dataclass

@@ -380,13 +380,19 @@ def _infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     raise InvalidInputError("cannot infer input_shape (no Linear layer found); pass input_shape=...")
 
 
+PER_SAMPLE_NORMS: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
+PER_SAMPLE_NORM_HINT = (
+    "per-sample normalization is not globally Lipschitz in general (on a near-constant input 1/sqrt(var + eps) "
+    "reaches eps^-1/2); local_lipschitz bounds it on a box"
+)
+
+
 def _from_module(model: nn.Module, input_shape: tuple[int, ...]) -> LayeredNetwork:
-    bad = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if bad:
-        raise InvalidModelError(f"BatchNorm module {bad[0]!r} is in training mode; call model.eval() first")
-    bad = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.dropout._DropoutNd)]
-    if bad:
-        raise InvalidModelError(f"Dropout module {bad[0]!r} is in training mode; call model.eval() first")
+    from lipbound.graph.mode import for_inference
+
+    model = for_inference(model)
     try:
         g = _Tracer().trace(model)
     except Exception as e:
@@ -484,7 +490,8 @@ def _module_call(ex: _Extractor, m: nn.Module, args: tuple, where: str) -> Any:
             raise
         except Exception as e:
             raise ShapeMismatchError(f"{type(m).__name__} at {where!r} failed on input shape {x.shape}: {e}") from e
-    raise UnsupportedOperatorError(type(m).__name__, where, SUPPORTED)
+    hint = PER_SAMPLE_NORM_HINT if isinstance(m, PER_SAMPLE_NORMS) else ""
+    raise UnsupportedOperatorError(type(m).__name__, where, SUPPORTED, hint=hint)
 
 
 def _name(target: Any) -> str:
@@ -644,6 +651,9 @@ def _extract(model_or_graph: Any, input_shape: tuple[int, ...] | None, check: bo
         net = _from_graph(model_or_graph)
         ref = model_or_graph.to(torch.float64)
     elif isinstance(model_or_graph, nn.Module):
+        from lipbound.graph.mode import for_inference
+
+        model_or_graph = for_inference(model_or_graph)
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else _infer_input_shape(model_or_graph)
         net = _from_module(model_or_graph, shape)
         ref = copy.deepcopy(model_or_graph).to(torch.float64)

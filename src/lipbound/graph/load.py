@@ -84,8 +84,7 @@ def _load_torchscript(path: Path, shape: tuple[int, ...] | None) -> tuple[nn.Mod
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise ModelLoadError(f"could not load TorchScript archive {str(path)!r}: {e}") from e
-    module.eval()
-    return module, shape if shape is not None else input_shape_of(module)
+    return module, shape if shape is not None else input_shape_of(module)  # eval mode: lipbound.graph.mode
 
 
 def _load_factory(
@@ -115,7 +114,6 @@ def _load_factory(
         raise ModelLoadError(f"factory {spec!r}() returned a {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
         _load_weights(model, weights, spec)
-    model.eval()
     if shape is None:
         declared = getattr(model, "input_shape", None)
         shape = tuple(int(s) for s in declared) if declared is not None else None

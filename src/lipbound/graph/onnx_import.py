@@ -184,6 +184,44 @@ def supported_onnx_ops() -> list[str]:
     return sorted(_OPS)
 
 
+# high-level layers whose ONNX export the importer cannot handle, recognised by an op they always contain, so the
+# error names the layer the user wrote instead of the first low-level op that fails (often a Transpose)
+KNOWN_BLOCKS: dict[str, tuple[str, str]] = {
+    "LSTM": ("LSTM", "recurrent layers (nn.LSTM) are not supported: the bound engine handles feed-forward networks"),
+    "GRU": ("GRU", "recurrent layers (nn.GRU) are not supported: the bound engine handles feed-forward networks"),
+    "RNN": ("RNN", "recurrent layers (nn.RNN) are not supported: the bound engine handles feed-forward networks"),
+    "Softmax": (
+        "MultiheadAttention / softmax attention",
+        "attention (softmax of input-dependent scores, e.g. nn.MultiheadAttention) is not supported",
+    ),
+    "Attention": ("MultiheadAttention", "attention layers are not supported"),
+}
+
+
+def _scope(node) -> str:
+    return node.name.rsplit("/", 1)[0] if "/" in (node.name or "") else ""
+
+
+def _attention_scopes(model) -> set[str]:
+    """Scopes with a MatMul of two input-dependent tensors (query-key scores): where a Softmax means attention."""
+    constant = {t.name for t in model.graph.initializer}
+    constant |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return {_scope(n) for n in model.graph.node if n.op_type == "MatMul" and not any(i in constant for i in n.input)}
+
+
+def _refuse_known_blocks(model) -> None:
+    """Raise :class:`UnsupportedOperatorError` naming a recurrent or attention layer before importing anything."""
+    attention = _attention_scopes(model)
+    for k, node in enumerate(model.graph.node):
+        if node.op_type == "Softmax" and _scope(node) not in attention:
+            continue  # a plain softmax: the generic unsupported-op error (with the supported list) applies
+        if node.op_type in KNOWN_BLOCKS and node.op_type not in _OPS:
+            layer, why = KNOWN_BLOCKS[node.op_type]
+            scope = _scope(node)
+            where = f"{scope or node.name or node.op_type + '#' + str(k)} (ONNX {node.op_type} node {node.name!r})"
+            raise UnsupportedOperatorError(layer, where, hint=why)
+
+
 class _OnnxImporter:
     def __init__(self, model, dtype: torch.dtype) -> None:
         import onnx.numpy_helper as nph
@@ -202,6 +240,7 @@ class _OnnxImporter:
         return self.b.origin
 
     def run(self, input_name: str, input_shape: tuple[int, ...]) -> Graph:
+        _refuse_known_blocks(self.model)
         self.b = GraphBuilder(torch.zeros(1, *input_shape, dtype=self.dtype), input_name)
         env: dict[str, Any] = dict(self.consts)
         env[input_name] = self.b.input

@@ -38,6 +38,7 @@ from lipbound.graph.composite import (
     sort_last,
 )
 from lipbound.graph.ir import Graph, Node
+from lipbound.graph.mode import for_inference
 from lipbound.graph.symbolic import is_batch, is_full_range, per_sample_axis, resolve_reshape, scalar, sym_arith
 from lipbound.graph.trace import BATCH, check_against
 from lipbound.ops.catalog import REGISTRY
@@ -75,12 +76,7 @@ def graph_from_torchscript(
         if input_shape is None:
             raise ShapeMismatchError("the TorchScript module records no input shape; pass input_shape=(...)")
     input_shape = tuple(int(s) for s in input_shape)
-    for name, m in module.named_modules():
-        kind = getattr(m, "original_name", "")
-        if m.training and ("BatchNorm" in kind or "Dropout" in kind):
-            raise InvalidModelError(
-                f"{kind} module {name or '<root>'!r} is in training mode; call model.eval() before bounding"
-            )
+    module = for_inference(module)
     try:
         forward_graph = module.graph
     except RuntimeError as e:

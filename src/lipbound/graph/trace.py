@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lipbound.errors import InvalidModelError, LipboundError, UnsupportedOperatorError
 from lipbound.graph.builder import GraphBuilder
 from lipbound.graph.ir import Graph, Node
+from lipbound.graph.mode import for_inference
 from lipbound.ops.catalog import REGISTRY
 
 
@@ -44,18 +45,14 @@ def _callable_name(target: Any) -> str:
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True) -> Graph:
-    """Trace ``model`` for per-sample ``input_shape`` into a Graph (eval mode is required and checked)."""
+    """Trace ``model`` for per-sample ``input_shape`` into a Graph (in eval mode: :mod:`lipbound.graph.mode`)."""
     if not isinstance(model, nn.Module):
         raise InvalidModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
         from lipbound.graph.torchscript import graph_from_torchscript
 
         return graph_from_torchscript(model, input_shape)
-    training = [n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if training:
-        raise InvalidModelError(
-            f"BatchNorm module {training[0]!r} is in training mode; call model.eval() before bounding"
-        )
+    model = for_inference(model)
     try:
         fx_graph = _LeafTracer().trace(model)
     except Exception as e:
@@ -64,7 +61,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True)
         ) from e
 
     param = next(iter(model.parameters()), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float64
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(1, *input_shape, dtype=dtype, device=device)
     b = GraphBuilder(example)
@@ -143,11 +140,16 @@ def check_against(graph: Graph, model: nn.Module, input_shape: tuple[int, ...], 
     """Raise if the traced graph does not reproduce ``model`` on random inputs."""
     gen = torch.Generator().manual_seed(0)
     p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
     x = torch.randn(3, *input_shape, generator=gen, dtype=torch.float64).to(dtype)
     with torch.no_grad():
         ref = model(x)
         got = graph(x)
+    if isinstance(ref, Tensor) and not torch.isfinite(ref).all():
+        raise InvalidModelError(
+            "the model returns NaN or inf on random inputs (for example a normalization with eps=0 over a group "
+            "that is constant); fix the model before bounding it"
+        )
     if ref.shape != got.shape or not torch.allclose(ref, got, atol=atol, rtol=1e-4):
         err = (ref - got).abs().max().item() if ref.shape == got.shape else f"shape {tuple(got.shape)}"
         raise LipboundError(f"internal error: traced graph differs from the model (max error {err})")

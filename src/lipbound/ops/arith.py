@@ -39,6 +39,9 @@ class WeightedSum(LinearOp):
     def abs(self) -> WeightedSum:
         return WeightedSum([abs(k) for k in self.coeffs])
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return len(self.coeffs) + 1
+
     def jacobian(self, jb, node, g) -> list:
         return [g if k == 1 else jb.add(Affine(torch.tensor(k, dtype=jb.dtype)), [g]) for k in self.coeffs]
 
@@ -67,13 +70,18 @@ class Affine(LinearOp):
     def abs(self) -> Affine:
         return Affine(self.scale.abs())
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return 2
+
     def describe(self) -> str:
         return "affine" if self.scale.dim() else f"scale[{self.scale.item():.4g}]"
 
 
 def _const(v) -> Tensor | None:
+    """A Python number becomes a float64 tensor (never torch's float32 default: 0.7 must stay 0.7 in a float64
+    graph); it is cast to the operand's dtype afterwards."""
     if isinstance(v, (int, float)):
-        return torch.tensor(float(v))
+        return torch.tensor(float(v), dtype=torch.float64)
     if isinstance(v, Tensor):
         return v.detach()
     return None

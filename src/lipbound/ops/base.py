@@ -110,6 +110,11 @@ class LinearOp(Op):
     def abs(self) -> LinearOp:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        """Most products summed for one entry of ``M x`` or of ``M^T y`` (the ``n`` of the rounding bound
+        ``gamma_n``, :mod:`lipbound.engine.rounding`); the default assumes a dense map."""
+        return in_numel + out_numel
+
     def forward(self, *xs: Tensor) -> Tensor:
         y = self.apply(*xs)
         return y if self.bias is None else y + self.bias
@@ -125,12 +130,14 @@ class LinearOp(Op):
         r = self.abs().apply(*radii)
         return c - r, c + r
 
-    def bias_term(self, lam: Tensor, out_shape: Sequence[int]) -> Tensor:
-        """``<lam, b>`` summed over the per-sample output dims; shape = leading dims of ``lam``."""
+    def bias_term(self, lam: Tensor, out_shape: Sequence[int], acc: torch.dtype | None = None) -> Tensor:
+        """``<lam, b>`` summed over the per-sample output dims; shape = leading dims of ``lam``.
+
+        ``acc``: dtype of the products and the sum (float64 for the engine's rigorous accumulation)."""
         k = len(out_shape)
         if self.bias is None:
-            return lam.new_zeros(_leading(lam, out_shape))
-        prod = lam * self.bias  # bias broadcasts against the trailing per-sample dims
+            return lam.new_zeros(_leading(lam, out_shape), dtype=acc or lam.dtype)
+        prod = lam.to(acc or lam.dtype) * self.bias.to(acc or lam.dtype)  # bias broadcasts on the trailing dims
         return prod.sum(dim=tuple(range(lam.dim() - k, lam.dim()))) if k else prod
 
 

@@ -74,6 +74,10 @@ class Conv2dLayer(LinearOp):
         )
         return (x.reshape(*lead, *self.in_shape),)
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        c_out, c_in_group, kh, kw = self.weight.shape
+        return max(c_in_group, c_out) * kh * kw
+
     def abs(self) -> Conv2dLayer:
         return Conv2dLayer(
             self.weight.abs(), None, self.in_shape, self.stride, self.padding, self.dilation, self.groups

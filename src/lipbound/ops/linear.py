@@ -29,6 +29,9 @@ class LinearLayer(LinearOp):
     def abs(self) -> LinearLayer:
         return LinearLayer(self.weight.abs())
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return max(self.weight.shape)
+
     def describe(self) -> str:
         return f"linear[{self.weight.shape[1]}->{self.weight.shape[0]}]"
 

@@ -42,6 +42,9 @@ class FeatureMix(LinearOp):
     def abs(self) -> FeatureMix:
         return FeatureMix(self.matrix.abs(), self.ndim)
 
+    def max_terms(self, in_numel: int, out_numel: int) -> int:
+        return max(self.matrix.shape)
+
     def describe(self) -> str:
         return f"feature_mix[{self.matrix.shape[1]}->{self.matrix.shape[0]}]"
 
