@@ -12,7 +12,8 @@ product of layer norms), the model's one-step MSE on fixed random-policy transit
 learning (evaluation and probes excluded).
 
 Each finished run is appended to ``results/rl_runs.json`` (atomic rewrite) and skipped when the suite is started
-again, so an interrupted suite loses at most the run in progress. ``RL_BENCH_WORKERS=2`` runs two at a time.
+again, so an interrupted suite loses at most the run in progress. ``RL_BENCH_WORKERS=2`` runs two at a time;
+``RL_BENCH_NO_NEW_RUNS=1`` only rebuilds tables and plots from the runs file.
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ def run(quick: bool = False, progress=None) -> dict:
         for variant in VARIANTS
         if (env_id, variant, seed) not in done
     ]
+    if os.environ.get("RL_BENCH_NO_NEW_RUNS"):  # only summarise the runs already in the runs file
+        jobs = []
     t0 = time.perf_counter()
     workers = max(int(os.environ.get("RL_BENCH_WORKERS", "1")), 1)
 
