@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean fuzz
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
+
+fuzz: $(STAMP)  # long soundness campaign (not part of test): FUZZ_CASES=10000 FUZZ_SEED=0
+	LIPBOUND_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n 2 -q tests/test_local_soundness.py tests/test_global_lipsdp.py tests/test_global_norms.py tests/test_nn_layers.py tests/test_normalization_bounds.py
+	$(PY) scripts/fuzz.py --cases $(or $(FUZZ_CASES),10000) --seed $(or $(FUZZ_SEED),0)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -231,8 +231,6 @@ def test_imported_graphs_give_the_same_bounds() -> None:
     """fx, ONNX and TorchScript graphs of one model are the same network for the bound engine."""
     import lipbound
 
-    if not hasattr(lipbound, "local_lipschitz"):
-        pytest.skip("lipbound.local_lipschitz not available yet")
     model, shape = make("residual", torch.float64)
     x0 = inputs(shape, torch.float64, 2)
     ref = lipbound.local_lipschitz(model, x0, 0.05)
