@@ -318,6 +318,7 @@ def lower_bound(
         The norms returned steer the search (they may sit on kinks); ``best`` only takes values re-evaluated at a
         point where the network is differentiable (:func:`differentiable_points`).
         """
+        points = torch.minimum(torch.maximum(points, lo), hi)  # lo + width can round above hi
         r = points.shape[0]
         flat = points.reshape(r * b * k, *in_shape)
         cc = c.unsqueeze(0).expand(r, *c.shape).reshape(r * b * k, *c.shape[2:])
@@ -388,7 +389,31 @@ def lower_bound(
     starts += pool
     if cfg["rounds"] > 0 and d <= MAX_SEARCH_DIM:
         _region_search(graph, starts, lo, hi, c, norm, cfg["rounds"], cfg["cands"], consider)
-    return best.clamp(min=0), best_x
+    return _reevaluate_wide(graph, best, best_x, c, norm), best_x
+
+
+LOW_PRECISION_MARGIN = 1e-6  # relative, below float64 re-evaluation: covers float32 folding of the traced graph
+
+
+def _reevaluate_wide(graph: Graph, best: Tensor, best_x: Tensor, c: Tensor, norm: str) -> Tensor:
+    """The attained values, recomputed in float64 when the search ran in a lower precision.
+
+    A float32 gradient of a network with large cancelling weights can exceed the exact gradient norm at the same
+    point by orders of magnitude; float32 points and weights are exact in float64, where the products are exact
+    and the sums lose ~1e-16 relative per term. The float64 value is lowered by a small relative margin for the
+    float32 folding of the graph and the remaining rounding. Entries with no clean witness (``best < 0``) give 0.
+    """
+    if best.dtype == torch.float64:
+        return best.clamp(min=0)
+    b, k = best.shape
+    wide = graph.to(torch.float64)
+    x64 = best_x.reshape(b * k, *best_x.shape[2:]).double()
+    c64 = c.reshape(b * k, *c.shape[2:]).double()
+    value = dual_norm(gradients(wide, x64, c64), norm).reshape(b, k) * (1 - LOW_PRECISION_MARGIN)
+    value = torch.where(best >= 0, value, torch.zeros_like(value)).clamp(min=0)
+    narrow = value.to(best.dtype)
+    down = torch.nextafter(narrow, torch.full_like(narrow, -float("inf")))
+    return torch.where(narrow.double() > value, down, narrow).clamp(min=0)  # rounded down, never up
 
 
 def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> None:
