@@ -2,7 +2,8 @@
 
 * :class:`LocalExecutor`: ``workers == 1`` runs in this process; otherwise a ``spawn`` process pool of ``workers``
   processes (default: one per core), each building the model ONCE in its initializer; at most ``2 * workers``
-  inputs are in flight, so an interrupted run loses at most those.
+  inputs are in flight, so an interrupted run loses at most those. A worker process that dies (OOM kill, segfault)
+  breaks the pool; its in-flight inputs are rerun one at a time in a fresh pool to isolate the one that kills it.
 * :class:`RayExecutor`: Ray actors (one per worker, each building the model once), the spec and the input array
   put ONCE in the object store and shared by reference; ``address=None`` starts a local Ray instance
   (``ray.init()``), otherwise joins an existing cluster (``ray start --head`` prints the address).
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -65,29 +67,66 @@ class LocalExecutor:
                 torch.set_num_threads(threads)
             return
         ctx = mp.get_context("spawn")
+        todo = list(reversed(indices))  # popped from the end, in order
+        suspects: list[int] = []  # inputs in flight when a worker died: rerun one at a time to find the culprit
+        while todo or suspects:
+            yield from self._pool_round(ctx, spec, input_shape, x, todo, suspects)
+
+    def _pool_round(
+        self, ctx: Any, spec: dict[str, Any], input_shape: tuple[int, ...], x: np.ndarray, todo: list[int],
+        suspects: list[int],
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One process pool, used until the inputs run out or a worker process dies.
+
+        A dead worker (killed by the OS for memory, a segfault in native code) breaks the whole pool and every
+        in-flight input with it. Those inputs become *suspects* and are rerun alone in a fresh pool; a suspect that
+        breaks the pool alone gets an ``"error"`` record (``worker process died``) and the run goes on.
+        """
         with ProcessPoolExecutor(
             self.workers, ctx, initializer=_init_worker, initargs=(spec, input_shape, os.getpid())
         ) as pool:
-            todo = iter(indices)
-            pending: set[Future] = set()
+            pending: dict[Future, int] = {}
+            t0: dict[int, float] = {}
             try:
                 while True:
-                    while len(pending) < 2 * self.workers:
-                        i = next(todo, None)
-                        if i is None:
-                            break
-                        pending.add(pool.submit(_run_one, i, x[i]))
+                    limit = 1 if suspects else 2 * self.workers
+                    while len(pending) < limit and (suspects or todo):
+                        i = suspects.pop() if suspects else todo.pop()
+                        t0[i] = time.perf_counter()
+                        pending[pool.submit(_run_one, i, x[i])] = i
                     if not pending:
                         return
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
-                        yield f.result()
+                        i = pending.pop(f)
+                        try:
+                            record = f.result()
+                        except BrokenProcessPool:
+                            lost = [i, *pending.values()]
+                            if len(lost) == 1 and limit == 1:  # it ran alone: this input kills its worker
+                                yield _died_record(i, time.perf_counter() - t0[i])
+                            else:
+                                suspects.extend(sorted(lost, reverse=True))
+                            pending.clear()
+                            return
+                        yield record
             except BaseException:  # interrupted (Ctrl-C, SIGTERM): drop in-flight inputs now, they are redone on resume
                 for f in pending:
                     f.cancel()
                 for p in list((getattr(pool, "_processes", None) or {}).values()):
                     p.terminate()
                 raise
+
+
+def _died_record(index: int, seconds: float) -> dict[str, Any]:
+    return {
+        "index": int(index),
+        "status": "error",
+        "error": "worker process died while certifying this input (out of memory or a crash in native code); "
+        "it was rerun alone and died again",
+        "seconds": seconds,
+        "attempts": 1,
+    }
 
 
 class RayExecutor:
