@@ -401,7 +401,8 @@ def _reevaluate_wide(graph: Graph, best: Tensor, best_x: Tensor, c: Tensor, norm
     A float32 gradient of a network with large cancelling weights can exceed the exact gradient norm at the same
     point by orders of magnitude; float32 points and weights are exact in float64, where the products are exact
     and the sums lose ~1e-16 relative per term. The float64 value is lowered by a small relative margin for the
-    float32 folding of the graph and the remaining rounding. Entries with no clean witness (``best < 0``) give 0.
+    float32 folding of the graph and the remaining rounding. Entries with no clean witness (``best < 0``), or whose
+    witness sits on a kink in float64 (a float32 pre-activation near 0 can have the wrong sign), give 0.
     """
     if best.dtype == torch.float64:
         return best.clamp(min=0)
@@ -410,7 +411,8 @@ def _reevaluate_wide(graph: Graph, best: Tensor, best_x: Tensor, c: Tensor, norm
     x64 = best_x.reshape(b * k, *best_x.shape[2:]).double()
     c64 = c.reshape(b * k, *c.shape[2:]).double()
     value = dual_norm(gradients(wide, x64, c64), norm).reshape(b, k) * (1 - LOW_PRECISION_MARGIN)
-    value = torch.where(best >= 0, value, torch.zeros_like(value)).clamp(min=0)
+    tied = kink_ties(wide, x64, torch.Generator(device="cpu").manual_seed(0)).reshape(b, k)
+    value = torch.where((best >= 0) & ~tied, value, torch.zeros_like(value)).clamp(min=0)
     narrow = value.to(best.dtype)
     down = torch.nextafter(narrow, torch.full_like(narrow, -float("inf")))
     return torch.where(narrow.double() > value, down, narrow).clamp(min=0)  # rounded down, never up
