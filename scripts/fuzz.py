@@ -303,31 +303,45 @@ def rows_of(c: Tensor | None, m: int, dt=torch.float64) -> Tensor:
 
 def kink_free(model64: nn.Module, x: Tensor, rtol: float = 1e-10) -> Tensor:
     """``(N,)``: no ReLU / LeakyReLU input and no GroupSort/MaxMin group tie within ``rtol`` (relative to the
-    layer's largest magnitude) at ``x``: the network is differentiable there (an independent check)."""
-    bad = torch.zeros(x.shape[0], dtype=torch.bool)
-    hooks = []
+    layer's largest magnitude) at ``x`` that *moves* with ``x``: the network is differentiable there (an independent
+    check). A tie that holds on a whole neighbourhood (two identical neurons, a dead pre-activation) is harmless:
+    max(a, a) = a. "Moves" = the tied quantity differs at ``x +- h v`` (random ``v``, ``h = 1e-3 (1 + |x|)``)."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    v = torch.rand(flat.shape, generator=torch.Generator().manual_seed(12345), dtype=x.dtype) * 2 - 1
+    h = 1e-3 * (1 + flat.abs().amax(1, keepdim=True))
+    quantities: list[list[Tensor]] = []
 
     def hook(mod, inp, _out):
         z = inp[0].detach()
-        n = z.shape[0]
+        m = z.shape[0]
         if isinstance(mod, GroupSort):
             g = mod.group_size
-            y = z.reshape(n, z.shape[1] // g, g, -1)
-            d = (y.unsqueeze(2) - y.unsqueeze(3)).reshape(n, -1)
-            off = ~torch.eye(g, dtype=torch.bool).reshape(1, 1, g, g, 1).expand(n, y.shape[1], g, g, y.shape[3])
-            d = d[off.reshape(n, -1)].reshape(n, -1) if g > 1 else torch.ones(n, 1, dtype=z.dtype)
+            y = z.reshape(m, z.shape[1] // g, g, -1)
+            d = (y.unsqueeze(2) - y.unsqueeze(3)).reshape(m, -1)
+            off = ~torch.eye(g, dtype=torch.bool).reshape(1, 1, g, g, 1).expand(m, y.shape[1], g, g, y.shape[3])
+            d = d[off.reshape(m, -1)].reshape(m, -1) if g > 1 else torch.ones(m, 1, dtype=z.dtype)
         else:
-            d = z.reshape(n, -1)
-        scale = 1 + z.reshape(n, -1).abs().amax(1, keepdim=True)
-        bad.__ior__((d.abs() <= rtol * scale).any(1))
+            d = z.reshape(m, -1)
+        scale = 1 + z.reshape(m, -1).abs().amax(1, keepdim=True)
+        quantities[-1].append(torch.cat([d, scale], 1))
 
-    for mod in model64.modules():
-        if isinstance(mod, (nn.ReLU, nn.LeakyReLU, GroupSort)):
-            hooks.append(mod.register_forward_hook(hook))
+    hooks = [
+        mod.register_forward_hook(hook)
+        for mod in model64.modules()
+        if isinstance(mod, (nn.ReLU, nn.LeakyReLU, GroupSort))
+    ]
     with torch.no_grad():
-        model64(x)
-    for h in hooks:
-        h.remove()
+        for pt in (flat, flat + h * v, flat - h * v):
+            quantities.append([])
+            model64(pt.reshape(x.shape))
+    for hk in hooks:
+        hk.remove()
+    bad = torch.zeros(n, dtype=torch.bool)
+    for at, plus, minus in zip(*quantities, strict=True):
+        d, scale = at[:, :-1], at[:, -1:]
+        moving = (plus[:, :-1] != d) | (minus[:, :-1] != d)
+        bad |= ((d.abs() <= rtol * scale) & moving).any(1)
     return ~bad
 
 
