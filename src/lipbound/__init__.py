@@ -12,6 +12,7 @@ from lipbound.errors import (
     ShapeMismatchError,
     UnsupportedOperatorError,
 )
+from lipbound.exact import ExactResult, exact_lipschitz
 from lipbound.graph import Graph, trace
 from lipbound.local import LocalResult, jacobian_bounds, local_lipschitz, local_lipschitz_bab
 from lipbound.monotonicity import MonotonicityResult, certify_monotonicity
@@ -34,6 +35,7 @@ def run(*args, **kwargs):
 
 
 __all__ = [
+    "ExactResult",
     "Graph",
     "InvalidInputError",
     "InvalidModelError",
@@ -44,6 +46,7 @@ __all__ = [
     "ShapeMismatchError",
     "UnsupportedOperatorError",
     "certify_monotonicity",
+    "exact_lipschitz",
     "global_lipschitz",
     "jacobian_bounds",
     "local_lipschitz",
