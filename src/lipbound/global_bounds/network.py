@@ -296,7 +296,10 @@ class _Extractor:
         """Apply an affine op ``fn`` to tracked values of the live segment (constants are closed over by ``fn``)."""
         for v in vals:
             self._check_live(v, what, where)
-        probe = fn(*(v.V[:1] for v in vals))  # one row: the output shape, before the full dense image is built
+        try:  # one row: the output shape, before the full dense image is built
+            probe = fn(*(v.V[:1] for v in vals))
+        except RuntimeError:  # the op closes over the full row count (e.g. h.view(h.size(0), -1)): no pre-check
+            probe = None
         if isinstance(probe, Tensor) and probe.dim() >= 1:
             _refuse_dense(vals[0].V.shape[0], probe[0].numel(), self.dtype, where)
         out = fn(*(v.V for v in vals))
