@@ -58,6 +58,22 @@ SUPPORTED = [
 MAX_DENSE = 200_000_000  # entries of one dense weight matrix
 
 
+def _refuse_dense(rows: int, cols: int, dtype: torch.dtype, where: str) -> None:
+    """Refuse, before allocating it, a dense (rows x cols) matrix above :data:`MAX_DENSE` entries.
+
+    The layered form expands each affine segment into a dense matrix (the image of the identity); on large convs
+    that needs rows * cols * itemsize bytes, estimated here first so the caller gets an error instead of an
+    out-of-memory kill.
+    """
+    entries = rows * cols
+    if entries > MAX_DENSE:
+        nbytes = entries * torch.empty((), dtype=dtype).element_size()
+        raise InvalidModelError(
+            f"global bounds at {where!r} would expand an affine segment into a dense {rows} x {cols} matrix "
+            f"({nbytes / 2**30:.1f} GiB, limit {MAX_DENSE} entries); use a smaller input size or the local engine"
+        )
+
+
 @dataclass
 class Activation:
     """An activation between two affine maps.
@@ -255,8 +271,9 @@ class _Extractor:
         self.seg_act: dict[int, int] = {}  # segment -> index of that activation
         self.seg_ops: dict[int, list[Any]] = {0: []}  # affine ops applied in a segment (for ``convs``)
 
-    def state(self, shape: tuple[int, ...]) -> _Val:
+    def state(self, shape: tuple[int, ...], where: str = "input") -> _Val:
         n = math.prod(shape)
+        _refuse_dense(n + 1, n, self.dtype, where)
         V = torch.cat([torch.zeros(1, n, dtype=self.dtype), torch.eye(n, dtype=self.dtype)]).reshape(n + 1, *shape)
         return _Val(self.live, V)
 
@@ -279,6 +296,12 @@ class _Extractor:
         """Apply an affine op ``fn`` to tracked values of the live segment (constants are closed over by ``fn``)."""
         for v in vals:
             self._check_live(v, what, where)
+        try:  # one row: the output shape, before the full dense image is built
+            probe = fn(*(v.V[:1] for v in vals))
+        except RuntimeError:  # the op closes over the full row count (e.g. h.view(h.size(0), -1)): no pre-check
+            probe = None
+        if isinstance(probe, Tensor) and probe.dim() >= 1:
+            _refuse_dense(vals[0].V.shape[0], probe[0].numel(), self.dtype, where)
         out = fn(*(v.V for v in vals))
         if not isinstance(out, Tensor) or out.shape[0] != vals[0].V.shape[0]:
             raise UnsupportedOperatorError(what, where, SUPPORTED, hint="op changes the batch dimension")
@@ -322,7 +345,7 @@ class _Extractor:
         self.seg_prev[new], self.seg_act[new] = self.live, len(self.acts) - 1
         self.seg_ops[new] = []
         self.live = new
-        return self.state(z.shape)
+        return self.state(z.shape, where)
 
     def _check_activation(self, act: Activation, where: str) -> None:
         if act.kind in ("maxmin", "groupsort"):
