@@ -17,12 +17,13 @@ For any vector ``dx`` the chain ``dz_k = W_{k-1} dh_{k-1}``, ``dh_k = D_k dz_k``
 implies the global ``[0, 1]`` one on every 2x2 moment matrix, so the optimal local value is never above the
 global LipSDP-Neuron value; it is tighter whenever stable neurons exist.
 
-Exact reductions before solving, per (input, row) problem: stably inactive neurons (slope ``[0, 0]``) are
-dropped; a hidden layer whose slopes are all fixed (``alpha = beta``) is folded into its neighbours
-(``W_{k+1} diag(alpha) W_k``); the first layer is SVD-reduced when it has more columns than rows; every layer is
-divided by a power of two. When every layer is fixed (small eps) the bound is ``||c^T W_L D_L ... W_0||_2`` itself,
-its sum of squares rounded up. As in the global LipSDP, the float64 weight matrices (and their folded products)
-define the network the certificate is about; the multipliers from the solver are certified in float64 by
+Reductions before solving, per (input, row) problem: stably inactive neurons (slope ``[0, 0]``) are dropped
+(exact); trailing hidden layers whose slopes are all fixed (``alpha = beta``) are folded into the row
+(``v <- (v * alpha) W_k``, with an entrywise bound ``e`` on the rounding of these vector-matrix products, whose
+contribution ``sup_D ||e^T D ... W_0||_2`` is bounded by an absolute-value product and added); every layer is divided by
+a power of two (exact). When every layer is fixed (small eps) the bound is ``||c^T W_L D_L ... W_0||_2`` itself
+plus its rounding bound. Weights are the model's own Linear weights (one Linear per affine segment: composing
+affine ops is not rounding-exact under cancellation). The solver's multipliers are certified in float64 by
 :func:`lipbound.global_bounds.lipsdp.certify_rho`.
 
 **Cheap global bounds** (:func:`cheap_global_rows`, used by ``local_lipschitz(use_global=True)``): for each row,
@@ -93,39 +94,61 @@ def slope_intervals(kind: str, l: Tensor, u: Tensor, param: float = 0.0) -> tupl
 # ---------------------------------------------------------------------------------------- layered structure
 
 
-def _layered(graph: Graph):
-    """``(LayeredNetwork, activation nodes in layer order)`` of a plain feed-forward graph, or raise."""
-    from lipbound.global_bounds.lipsdp import check_lipsdp
-    from lipbound.global_bounds.network import extract
-    from lipbound.ops.base import ElementwiseOp
+def linear_chain(graph: Graph) -> tuple[list[Tensor], list[Any]]:
+    """``([W_0, ..., W_L], activation nodes)`` of a chain ``Linear -> act -> ... -> Linear``, or raise.
 
-    try:
-        net = extract(graph)
-    except LipboundError as e:
-        raise UnsupportedOperatorError(
+    The weights are the graph's own (the model's, exactly): composing several affine ops into one matrix in
+    floating point (as the layered form of :mod:`lipbound.global_bounds.network` does) is not rounding-exact under
+    cancellation, so only chains with exactly one Linear per affine segment (reshapes allowed) are accepted.
+    """
+    from lipbound.ops.base import ElementwiseOp, InputOp
+    from lipbound.ops.linear import LinearLayer
+    from lipbound.ops.shape import Reshape
+
+    def refuse(why: str):
+        return UnsupportedOperatorError(
             "model",
-            "local lipsdp",
-            hint=f"method='lipsdp' needs a feed-forward Linear/Conv net with ReLU/LeakyReLU/tanh/sigmoid ({e})",
-        ) from e
-    check_lipsdp(net, "2")
-    acts = [n for n in graph.nodes if isinstance(n.op, ElementwiseOp)]
-    dims = net.dims
-    ok = len(acts) == net.depth and all(
-        n.op.name == a.kind and n.inputs[0].numel == dims[k + 1]
-        for k, (n, a) in enumerate(zip(acts, net.activations, strict=True))
-    )
-    if not ok:
-        raise UnsupportedOperatorError(
-            "model", "local lipsdp", hint="its activations do not map one-to-one onto the layers of a plain chain"
+            "local lipsdp / cheap global bound",
+            hint="needs a chain Linear -> ReLU/LeakyReLU/tanh/sigmoid -> ... -> Linear with one Linear per affine "
+            f"segment ({why})",
         )
-    return net, acts
+
+    weights: list[Tensor] = []
+    acts: list[Any] = []
+    pending = False  # a Linear was seen since the last activation
+    prev = None
+    for n in graph.nodes:
+        if isinstance(n.op, InputOp):
+            prev = n
+            continue
+        if len(n.inputs) != 1 or n.inputs[0] is not prev:
+            raise refuse(f"{n.op.describe()} at {n.origin or n.name} is not a plain chain step")
+        if isinstance(n.op, LinearLayer):
+            if pending:
+                raise refuse(f"two affine ops in one segment at {n.origin or n.name}")
+            weights.append(n.op.weight.detach().to(F64).cpu())
+            pending = True
+        elif isinstance(n.op, ElementwiseOp) and n.op.name in ACTIVATIONS:
+            if not pending:
+                raise refuse(f"activation without a Linear before it at {n.origin or n.name}")
+            acts.append(n)
+            pending = False
+        elif not isinstance(n.op, Reshape):
+            raise refuse(f"op {n.op.describe()} at {n.origin or n.name}")
+        prev = n
+    if not pending or prev is not graph.output:
+        raise refuse("the output must be a Linear")
+    for w0, w1 in itertools.pairwise(weights):
+        if w1.shape[1] != w0.shape[0]:
+            raise refuse("feature sizes do not chain")
+    return weights, acts
 
 
 # ------------------------------------------------------------------------------------------- one SDP problem
 
 
 def _reduce(Ws: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]):
-    """Drop neurons with slope ``[0, 0]`` (or no incoming/outgoing weight) and fold fully fixed layers."""
+    """Drop neurons with slope ``[0, 0]`` (or no incoming/outgoing weight): exact, no arithmetic."""
     Ws, slopes = list(Ws), list(slopes)
     changed = True
     while changed:
@@ -138,14 +161,38 @@ def _reduce(Ws: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]):
                 changed = True
             if Ws[k].shape[0] == 0:
                 return None, None  # constant on the box
-        for k in range(len(slopes)):
-            a, b = slopes[k]
-            if np.array_equal(a, b):
-                Ws[k + 1] = (Ws[k + 1] * a[None, :]) @ Ws[k]
-                del Ws[k], slopes[k]
-                changed = True
-                break
     return Ws, slopes
+
+
+def _fold_fixed_tail(Ws: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]):
+    """Fold trailing layers whose slopes are all fixed into the row: ``v <- (v * alpha) W_k``.
+
+    Returns ``(Ws, slopes, err)`` with ``err >= 0`` bounding ``|exact row - computed row|`` entrywise (each
+    vector-matrix product has error at most ``gamma_{n+2} (|v| |alpha|) |W_k|``, propagated exactly).
+    """
+    Ws, slopes = list(Ws), list(slopes)
+    v = Ws[-1][0]
+    err = np.zeros_like(v)
+    while slopes and np.array_equal(slopes[-1][0], slopes[-1][1]):
+        a = slopes[-1][0]
+        W = Ws[-2]
+        g = gamma(W.shape[0] + 2, F64)
+        va = v * a  # exact up to one rounding: covered by g
+        err = ((err * np.abs(a)) @ np.abs(W) + g * (np.abs(va) @ np.abs(W))) * (1 + g)
+        v = va @ W
+        Ws = [*Ws[:-2], v[None, :]]
+        slopes = slopes[:-1]
+    return Ws, slopes, err
+
+
+def _abs_chain_norm(e: np.ndarray, Ws: list[np.ndarray], slopes) -> float:
+    """Upper bound of ``sup_D ||e^T D_L W_{L-1} ... D_1 W_0||_2`` for ``e >= 0`` (absolute-value product)."""
+    v = e
+    for k in range(len(slopes) - 1, -1, -1):
+        a, b = slopes[k]
+        W = Ws[k]
+        v = ((v * np.maximum(np.abs(a), np.abs(b))) @ np.abs(W)) * (1 + gamma(W.shape[0] + 3, F64))
+    return _vector_norm_up(v) if v.size else 0.0
 
 
 def _vector_norm_up(w: np.ndarray) -> float:
@@ -163,25 +210,28 @@ def solve_row(
     Ws, slopes = _reduce(Ws, slopes)
     if Ws is None:
         return 0.0, {"status": "constant on the box", "hidden": 0}
+    Ws, slopes, err = _fold_fixed_tail(Ws, slopes)
+    err_term = _abs_chain_norm(err, Ws[:-1], slopes) if np.any(err) else 0.0
     if not slopes:
-        return _vector_norm_up(Ws[0]), {"status": "exact (every slope fixed)", "hidden": 0}
-    if Ws[0].shape[1] > Ws[0].shape[0]:  # ||P W_0|| = ||P W_0 V|| with W_0 = U S V^T (V orthonormal columns)
-        _, _, vt = np.linalg.svd(Ws[0], full_matrices=False)
-        Ws[0] = Ws[0] @ vt.T
+        up = certified_product([1.0, _vector_norm_up(Ws[0][0])]) + err_term
+        return round_up(up, 2), {"status": "exact (every slope fixed)", "hidden": 0, "rounding": err_term}
+    Ws = list(Ws)
     scales = []
-    for k, w in enumerate(Ws):  # the Jacobian is linear in every W_k: any scaling is exact
+    for k, w in enumerate(Ws):  # the Jacobian is linear in every W_k: any scaling (by powers of 2: exact) is
         sc = pow2(float(np.linalg.norm(w, 2)))
         Ws[k] = w / sc
         scales.append(sc)
     best, info, _ = solve_certified(Ws, slopes, True, solver, time_budget)
     rho = best[0]
     upper = certified_product([certified_sqrt(rho), *scales]) if math.isfinite(rho) else math.inf
+    upper = round_up(upper + err_term, 2) if err_term else upper
     unstable = int(sum(int((a != b).sum()) for a, b in slopes))
     return upper, {
         "status": info.get("status"),
         "solver": info.get("solver"),
         "hidden": len(slopes),
         "unstable": unstable,
+        "rounding": err_term,
     }
 
 
@@ -192,14 +242,16 @@ def local_lipsdp(
 
     One LipSDP-Neuron problem per (input, row) with the row folded into the last layer (``c^T W_L``).
     """
-    net, acts = _layered(graph)
+    weights, acts = linear_chain(graph)
     b, k = c.shape[0], c.shape[1]
-    Wd = [w.detach().to(F64).cpu().numpy() for w in net.weights]
+    Wd = [w.numpy() for w in weights]
     sl = []
-    for n, a in zip(acts, net.activations, strict=True):
+    for n in acts:
         lo, hi = forward[id(n.inputs[0])]
         param = float(getattr(n.op, "a", 0.0))
-        al, be = slope_intervals(a.kind, lo.detach().to(F64).reshape(b, -1), hi.detach().to(F64).reshape(b, -1), param)
+        al, be = slope_intervals(
+            n.op.name, lo.detach().to(F64).reshape(b, -1), hi.detach().to(F64).reshape(b, -1), param
+        )
         sl.append((al.cpu().numpy(), be.cpu().numpy()))
     rows = c.detach().to(F64).reshape(b, k, -1).cpu().numpy() @ Wd[-1]  # (B, K, n_L)
     out = torch.empty(b, k, dtype=F64)
@@ -242,23 +294,24 @@ def _global_data(model: Any, graph: Graph) -> dict:
 
 def _compute_global(graph: Graph) -> dict:
     from lipbound.global_bounds.api import global_lipschitz
-    from lipbound.global_bounds.network import extract
-    from lipbound.ops.base import ElementwiseOp
+    from lipbound.global_bounds.network import Activation, LayeredNetwork
 
-    sizes = [graph.input.numel] + [n.numel for n in graph.nodes if isinstance(n.op, ElementwiseOp)]
-    sizes.append(graph.output.numel)
-    entries = sum(x * y for x, y in itertools.pairwise(sizes))
-    if entries > MAX_GLOBAL_ENTRIES:
-        return {"error": f"layered form too large ({entries} dense entries > {MAX_GLOBAL_ENTRIES})"}
     t0 = time.perf_counter()
     try:
-        net = extract(graph)
+        weights, acts = linear_chain(graph)
     except LipboundError as e:
-        return {"error": f"no layered form: {e}"}
-    if any(net.residual) or any(a.slope is None for a in net.activations):
-        return {"error": "residual or non-slope-restricted activations"}
-    kappa = certified_product([max(abs(a.slope[0]), abs(a.slope[1])) for a in net.activations])
-    out: dict = {"weights": [w.detach().to(F64).cpu() for w in net.weights], "kappa": kappa, "global": {}}
+        return {"error": str(e)}
+    if sum(w.numel() for w in weights) > MAX_GLOBAL_ENTRIES:
+        return {"error": f"more than {MAX_GLOBAL_ENTRIES} weights"}
+    kinds = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
+    activations = []
+    for n in acts:
+        a = float(getattr(n.op, "a", 0.0))
+        slope = kinds.get(n.op.name, (min(a, 1.0), max(a, 1.0)))
+        activations.append(Activation(n.op.name, slope))
+    kappa = certified_product([max(abs(a.slope[0]), abs(a.slope[1])) for a in activations])
+    net = LayeredNetwork(weights, activations, [False] * len(acts), [None] * len(weights), (int(weights[0].shape[1]),))
+    out: dict = {"weights": weights, "kappa": kappa, "global": {}}
     for norm, methods in (("2", ("eclipse-fast", "product")), ("inf", ("product",))):
         for m in methods:
             try:
