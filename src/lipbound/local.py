@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lipbound.engine.forward import outward
+from lipbound.engine.forward import bound_nodes, outward
 from lipbound.engine.pipeline import norm_upper, propagate
+from lipbound.engine.rounding import round_up
+from lipbound.errors import InvalidInputError
 from lipbound.graph.ir import Graph
 from lipbound.lower import lower_bound
 from lipbound.problem import Problem, check_method, make_problem, parse_norm
@@ -45,6 +47,9 @@ class LocalResult:
     lower_max: Tensor
     argmax: Tensor | None = None  # point of the box where ``lower`` was found, (B, K, *input_shape)
     details: dict[str, Any] = field(default_factory=dict)
+    #: which bound gave ``upper`` per input/row (same shape as ``upper``, nested lists): "local" (the requested
+    #: method) or "global" (a cheap certified global bound was lower; ``details["global_chosen"]`` says which)
+    source: list | None = None
 
     @property
     def lower_point(self) -> Tensor | None:
@@ -68,6 +73,7 @@ class LocalResult:
             "upper_max": self.upper_max.tolist(),
             "lower_max": self.lower_max.tolist(),
             "details": self.details,
+            "source": self.source,
         }
 
 
@@ -89,6 +95,9 @@ def local_lipschitz(
     lower_steps: int = 20,
     optimize_steps: int = 30,
     seed: int = 0,
+    use_global: bool = True,
+    sdp_solver: str | None = None,
+    sdp_time_budget: float | None = None,
 ) -> LocalResult:
     """Certified upper and attained lower bounds on the local Lipschitz constant of ``model`` on a box.
 
@@ -100,30 +109,72 @@ def local_lipschitz(
         c: output direction(s): ``None`` (scalar output: the gradient; vector output: every row, see
             ``upper_max``), a vector ``(m,)``, rows ``(K, m)`` or per-input rows ``(B, K, m)``.
         method: ``"crown"`` (linear relaxations of the Jacobian products, default) or ``"interval"`` (unstable
-            products replaced by intervals: the RecurJac/Fast-Lip-style baseline).
+            products replaced by intervals: the RecurJac/Fast-Lip-style baseline) or ``"lipsdp"`` (``norm=2``
+            only: LipSDP-Neuron with per-neuron slope intervals from the forward bounds, one certified SDP per
+            input and row, see :mod:`lipbound.local_sdp`; feed-forward Linear/Conv nets with ReLU, LeakyReLU,
+            tanh or sigmoid).
         optimize: alpha-optimise the forward relaxations (tighter, slower).
         dtype: computation dtype. Every dtype is rigorous (rounding bounded, :mod:`lipbound.engine.rounding`);
             float64 (default) is also tight, float32 pays its rounding bound (1e-4 of the value on small nets, up
             to 8% on a 784-4x512-10 MLP: ``benchmarks/results/rigour.md``); ``None`` keeps the model's dtype.
         lower: also compute the attained lower bound (sampling + gradient ascent).
+        use_global: report ``min(local bound, cheap certified global bound)`` per input and row (the global bound
+            is computed once per model: :func:`lipbound.local_sdp.cheap_global_rows`); ``result.source`` says
+            which one won. ``False``: the local bound alone.
+        sdp_solver, sdp_time_budget: for ``method="lipsdp"``: "auto" (default; SCS polished by the first-order
+            chain method on small LMIs, the first-order method alone on large ones), "first-order", "scs",
+            "clarabel"; seconds per SDP.
     """
     t0 = time.perf_counter()
     nrm = parse_norm(norm)
-    check_method(method)
+    if method == "lipsdp":
+        if nrm != "2":
+            raise InvalidInputError(f"method='lipsdp' bounds the l2 local constant only (got norm={norm!r})")
+    else:
+        check_method(method)
     pr = make_problem(model, x0, eps, x_lower, x_upper, c, dtype, device)
     b, k = pr.c.shape[0], pr.c.shape[1]
+    extra: dict[str, Any] = {}
     with torch.no_grad():
-        pb = propagate(pr.graph, pr.xl, pr.xu, pr.c, method, optimize, optimize_steps)
-        upper = norm_upper(pb.graph, pb.g_x, pb.backward, pb.box, nrm, method, optimize, optimize_steps)
+        if method == "lipsdp":
+            from lipbound.local_sdp import local_lipsdp
+
+            fwd = bound_nodes(pr.graph, pr.xl, pr.xu, "crown", optimize=optimize, steps=optimize_steps)
+            sdp, infos = local_lipsdp(pr.graph, fwd, pr.c, sdp_solver, sdp_time_budget)
+            upper = round_up(sdp.to(pr.xl.device), pr.dtype)
+            extra["lipsdp"] = infos
+            forward = fwd
+        else:
+            pb = propagate(pr.graph, pr.xl, pr.xu, pr.c, method, optimize, optimize_steps)
+            upper = norm_upper(pb.graph, pb.g_x, pb.backward, pb.box, nrm, method, optimize, optimize_steps)
+            forward = pb.forward
+        upper = upper.reshape(b, k)
+        source = None
+        if use_global:
+            from lipbound.local_sdp import cheap_global_rows
+
+            glob, ginfo = cheap_global_rows(model, pr.graph, pr.c, nrm)
+            extra.update(ginfo)
+            if glob is not None:
+                glob = round_up(glob.to(pr.xl.device), pr.dtype)
+                won = glob < upper
+                extra["local_upper"] = upper.tolist()
+                extra["global_upper"] = glob.tolist()
+                upper = torch.where(won, glob, upper)
+                source = [["global" if w else "local" for w in row] for row in won.tolist()]
+                extra["source"] = [r[0] for r in source] if pr.squeeze else source
     if lower:
         low, argmax = lower_bound(
             pr.graph, pr.xl, pr.xu, pr.c, nrm, samples=lower_samples, steps=lower_steps, seed=seed
         )
     else:
         low, argmax = torch.zeros(b, k, dtype=pr.dtype, device=pr.xl.device), None
-    unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in pb.forward.values())
+    unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in forward.values())
     method_name = method + ("+alpha" if optimize else "")
-    return _result(pr, upper.reshape(b, k), low, argmax, method_name, nrm, optimize, t0, {"unstable_neurons": unstable})
+    res = _result(pr, upper, low, argmax, method_name, nrm, optimize, t0, {"unstable_neurons": unstable, **extra})
+    if source is not None:
+        res.source = [r[0] for r in source] if pr.squeeze else source
+    return res
 
 
 def _result(

@@ -1,7 +1,9 @@
 """LipSDP-Neuron and LipSDP-Layer (l2, slope-restricted activations), certified in float64.
 
 Network ``h_0 = x``, ``h_k = s(W_{k-1} h_{k-1})`` (k = 1..L), ``f = W_L h_L``; every activation is slope-restricted
-in ``[alpha_k, beta_k]``. With ``T_k = diag(lambda_k)`` (Neuron, ``lambda_k >= 0`` per neuron) or
+in ``[alpha_k, beta_k]`` (scalars per layer, or per-neuron vectors ``alpha_k, beta_k`` where the products below are
+taken entrywise, ``diag(alpha_k beta_k) T_k``: the local slope intervals of :mod:`lipbound.local_sdp`).
+With ``T_k = diag(lambda_k)`` (Neuron, ``lambda_k >= 0`` per neuron) or
 ``T_k = lambda_k I`` (Layer), the block-tridiagonal matrix over ``(dx, dh_1, ..., dh_L)``
 
     M(rho, T)[0, 0]   = rho I + 2 alpha_1 beta_1 W_0^T T_1 W_0
@@ -133,12 +135,12 @@ def lmi_matrix(
     M = np.zeros((off[-1], off[-1]))
     M[: dims[0], : dims[0]] = rho * np.eye(dims[0])
     for k, lam in enumerate(lams):  # hidden layer k+1, T = diag(lam), pre-activation W_k h_k
-        a, b = slopes[k]
+        a, b = slopes[k]  # scalars, or per-neuron arrays (local slope intervals)
         W = Ws[k]
         i, j = slice(off[k], off[k + 1]), slice(off[k + 1], off[k + 2])
-        M[i, i] += 2 * a * b * (W.T * lam) @ W
-        M[i, j] += -(a + b) * (W.T * lam)
-        M[j, i] += -(a + b) * (lam[:, None] * W)
+        M[i, i] += 2 * (W.T * (a * b * lam)) @ W
+        M[i, j] += -(W.T * ((a + b) * lam))
+        M[j, i] += -(((a + b) * lam)[:, None] * W)
         M[j, j] += 2 * np.diag(lam)
     WL = Ws[-1]
     M[off[-2] :, off[-2] :] -= WL.T @ WL
@@ -207,14 +209,15 @@ def build_problem(Ws: list[np.ndarray], slopes: list[tuple[float, float]], per_n
             blocks[i][j] = np.zeros((dims[i], dims[j]))
     blocks[0][0] = rho * np.eye(dims[0])
     for k in range(L):
-        a, b = slopes[k]
+        a, b = (np.broadcast_to(np.asarray(v, dtype=np.float64), (dims[k + 1],)) for v in slopes[k])
         W = Ws[k]
         t = T(k)
         TW = cp.multiply(cp.reshape(t, (dims[k + 1], 1), order="F"), W)  # T_{k+1} W_k
-        if a * b != 0:
-            blocks[k][k] = blocks[k][k] + 2 * a * b * (W.T @ TW)
-        blocks[k][k + 1] = -(a + b) * TW.T
-        blocks[k + 1][k] = -(a + b) * TW
+        if np.any(a * b != 0):
+            blocks[k][k] = blocks[k][k] + 2 * ((W * (a * b)[:, None]).T @ TW)
+        sTW = cp.multiply(np.reshape(a + b, (dims[k + 1], 1)), TW)  # diag(a + b) T_{k+1} W_k
+        blocks[k][k + 1] = -sTW.T
+        blocks[k + 1][k] = -sTW
         blocks[k + 1][k + 1] = 2 * cp.diag(t)
     WL = Ws[-1]
     blocks[L][L] = blocks[L][L] - WL.T @ WL
@@ -256,11 +259,42 @@ def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | Non
         return {"upper": 0.0, "status": "constant network (every path crosses a layer of constant neurons)"}
     slopes = [tuple(map(float, a.slope)) for a in net.activations]
     per_neuron = variant == "neuron"
+    rows = int(sum(w.shape[1] for w in Ws))
+    best, info, raw_rho = solve_certified(Ws, slopes, per_neuron, name, time_budget)
+    rho_c, lam_vals, cinfo = best
+    if lam_vals is None:
+        return {"upper": math.inf, **info, "certified": False}
+    upper = certified_product([certified_sqrt(rho_c), prep.scale]) if math.isfinite(rho_c) else math.inf
+    raw = float(np.sqrt(max(raw_rho, 0.0))) * prep.scale if raw_rho is not None else None
+    return {
+        "upper": upper,
+        **info,
+        "raw_solver_value": raw,
+        "certified_rho": rho_c,
+        "scale": prep.scale,
+        "lmi_size": rows,
+        **cinfo,
+        "certified": math.isfinite(upper),
+        "_multipliers": [l * (cinfo["multiplier_scale"] or 1.0) for l in lam_vals],
+        "_weights": Ws,
+    }
+
+
+def solve_certified(
+    Ws: list[np.ndarray], slopes: list[tuple], per_neuron: bool, name: str = "auto", time_budget=None
+) -> tuple[tuple, dict, float | None]:
+    """Multipliers for ``min rho s.t. M(rho, T) >= 0`` and their certified rho (the core of :func:`lipsdp_bound`).
+
+    ``name``: "auto" (per-neuron: SCS polished by the first-order method on small LMIs, first-order alone on large
+    or deep ones; per-layer: first-order), "first-order", "scs", "clarabel" or "mosek". Returns
+    ``((rho_cert, multipliers | None, cert_info), info, raw_solver_rho)``; ``rho_cert`` is :func:`certify_rho` of
+    the best multipliers found (``inf`` if none could be certified).
+    """
     dims = [w.shape[0] for w in Ws[:-1]]
     rows = int(sum(w.shape[1] for w in Ws))
     auto = name == "auto"
     if auto:  # LipSDP-Layer has one multiplier per layer: the first-order method solves it to high accuracy
-        small = rows <= SCS_MAX_ROWS and net.depth <= SCS_MAX_DEPTH
+        small = rows <= SCS_MAX_ROWS and len(dims) <= SCS_MAX_DEPTH
         name = "scs" if per_neuron and small else "first-order"
     info: dict = {}
     lam_vals, raw_rho = None, None
@@ -297,20 +331,4 @@ def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | Non
         if rho_f < best[0]:
             best = (rho_f, fo_lams, cinfo_f)
             raw_rho = fo_raw if lam_vals is None else raw_rho
-    rho_c, lam_vals, cinfo = best
-    if lam_vals is None:
-        return {"upper": math.inf, **info, "certified": False}
-    upper = certified_product([certified_sqrt(rho_c), prep.scale]) if math.isfinite(rho_c) else math.inf
-    raw = float(np.sqrt(max(raw_rho, 0.0))) * prep.scale if raw_rho is not None else None
-    return {
-        "upper": upper,
-        **info,
-        "raw_solver_value": raw,
-        "certified_rho": rho_c,
-        "scale": prep.scale,
-        "lmi_size": rows,
-        **cinfo,
-        "certified": math.isfinite(upper),
-        "_multipliers": [l * (cinfo["multiplier_scale"] or 1.0) for l in lam_vals],
-        "_weights": Ws,
-    }
+    return best, info, raw_rho

@@ -27,7 +27,17 @@ import time
 import numpy as np
 import torch
 
-Slopes = list[tuple[float, float]]
+Slopes = list[tuple]  # per hidden layer (alpha, beta): floats, or per-neuron vectors (numpy or torch)
+
+
+def _nonzero(v) -> bool:
+    return bool((v != 0).any()) if hasattr(v, "any") else v != 0
+
+
+def _torch_slopes(slopes: Slopes) -> Slopes:
+    """Per-neuron numpy slope vectors as float64 tensors (scalars are kept)."""
+    conv = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64)) if np.ndim(v) else float(v)  # noqa: E731
+    return [(conv(a), conv(b)) for a, b in slopes]
 
 
 def _chain(Ws: list[torch.Tensor], lams: list[torch.Tensor], slopes: Slopes) -> torch.Tensor | None:
@@ -43,10 +53,10 @@ def _chain(Ws: list[torch.Tensor], lams: list[torch.Tensor], slopes: Slopes) -> 
             return None
         a, b = slopes[k]
         W, lam = Ws[k], lams[k]
-        Y = torch.linalg.solve_triangular(chol, (a + b) * lam[:, None] * W, upper=False)
+        Y = torch.linalg.solve_triangular(chol, ((a + b) * lam)[:, None] * W, upper=False)
         D = Y.T @ Y  # M[k, k+1] D_{k+1}^{-1} M[k+1, k]
-        if a * b != 0:
-            D = D - 2 * a * b * (W.T * lam) @ W
+        if _nonzero(a * b):
+            D = D - 2 * (W.T * (a * b * lam)) @ W
         if k > 0:
             D = torch.diag(2 * lams[k - 1]) - D
     return 0.5 * (D + D.T)  # k = 0: D now holds M[0,1] D_1^{-1} M[1,0] - M_0[0,0]
@@ -55,7 +65,11 @@ def _chain(Ws: list[torch.Tensor], lams: list[torch.Tensor], slopes: Slopes) -> 
 def rho_of(Ws: list[np.ndarray], lams: list[np.ndarray], slopes: Slopes) -> float:
     """Uncertified ``rho(lambda)`` in float64 via the chain recursion (``inf`` outside the domain)."""
     with torch.no_grad():
-        S = _chain([torch.from_numpy(w) for w in Ws], [torch.from_numpy(np.asarray(l, float)) for l in lams], slopes)
+        S = _chain(
+            [torch.from_numpy(w) for w in Ws],
+            [torch.from_numpy(np.asarray(l, float)) for l in lams],
+            _torch_slopes(slopes),
+        )
     return math.inf if S is None else float(torch.linalg.eigvalsh(S)[-1])
 
 
@@ -72,10 +86,11 @@ def feasible_start(Ws: list[np.ndarray], slopes: Slopes) -> list[np.ndarray]:
         D = 2 * lam * np.eye(dims[k]) - K
         if k == 0:
             break
-        a, b = slopes[k]
+        a, b = (np.asarray(v, dtype=np.float64) for v in slopes[k])
         W = Ws[k]
-        G = (a + b) * lam * W  # -M[k+1, k] with T_{k+1} = lam I
-        K = G.T @ np.linalg.solve(D, G) - (2 * a * b * lam * (W.T @ W) if a * b != 0 else 0.0)
+        G = lam * np.reshape(a + b, (-1, 1)) * W  # -M[k+1, k] with T_{k+1} = lam I
+        ab = np.reshape(a * b, (-1, 1))
+        K = G.T @ np.linalg.solve(D, G) - (2 * lam * (W.T @ (ab * W)) if np.any(ab != 0) else 0.0)
     return lams
 
 
@@ -84,7 +99,7 @@ class _Objective:
 
     def __init__(self, Ws: list[np.ndarray], slopes: Slopes, dims: list[int], per_neuron: bool) -> None:
         self.Ws = [torch.from_numpy(np.ascontiguousarray(w)) for w in Ws]
-        self.slopes = slopes
+        self.slopes = _torch_slopes(slopes)
         self.dims = dims
         self.per_neuron = per_neuron
         self.mu = 1e-2
