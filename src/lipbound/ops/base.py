@@ -21,6 +21,7 @@ Ops that are compositions of these (MaxMin, GroupSort) are *lowered* by their co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -141,14 +142,51 @@ class LinearOp(Op):
         return prod.sum(dim=tuple(range(lam.dim() - k, lam.dim()))) if k else prod
 
 
+@dataclass(frozen=True)
+class Traits:
+    """What analyses may assume about an activation ``sigma`` (read instead of ``isinstance`` checks).
+
+    * ``kink_at_zero``: ``sigma`` is piecewise linear with its only kink at ``z = 0`` (ReLU, LeakyReLU): it is
+      linear on each side, so splitting a pre-activation at 0 makes it exact (Branch and Bound, MILP) and a point
+      is differentiable iff no such pre-activation is exactly 0 (attained lower bounds).
+    * ``slope``: ``[inf sigma', sup sigma']`` over the real line (the slope restriction ``[alpha, beta]`` of
+      LipSDP: ``(sigma(a) - sigma(b)) / (a - b)`` lies in it for all ``a != b``); ``None`` if unbounded.
+    * ``homogeneous``: positively homogeneous, ``sigma(t z) = t sigma(z)`` for ``t >= 0``.
+    * ``smooth``: continuously differentiable on the real line.
+    * ``global_kind``: name under which global bounds treat it as a scalar slope-restricted activation
+      (``"relu"``, ``"tanh"``, ...), ``None`` if they cannot.
+    """
+
+    kink_at_zero: bool = False
+    slope: tuple[float, float] | None = None
+    homogeneous: bool = False
+    smooth: bool = False
+    global_kind: str | None = None
+
+    @property
+    def lipschitz(self) -> float | None:
+        """``max |sigma'|`` over the real line (``None`` if unbounded)."""
+        return None if self.slope is None else max(abs(self.slope[0]), abs(self.slope[1]))
+
+    @property
+    def monotone(self) -> bool:
+        """Non-decreasing (``inf sigma' >= 0``)."""
+        return self.slope is not None and self.slope[0] >= 0
+
+
 class ElementwiseOp(Op):
     """Entrywise activation ``y = sigma(z)``.
 
-    Subclasses implement :meth:`forward`, :meth:`interval`, :meth:`relax` and :meth:`derivative_bounds`.
+    Subclasses implement :meth:`forward`, :meth:`interval`, :meth:`relax` and :meth:`derivative_bounds`, and
+    declare what analyses may assume about them in :meth:`traits`.
     """
 
     #: True if the lower relaxation has a free slope parameter alpha (optimised with ``optimize=True``)
     has_alpha: ClassVar[bool] = False
+
+    def traits(self) -> Traits:
+        """Properties of ``sigma`` (see :class:`Traits`); the default assumes nothing."""
+        return Traits()
 
     def relax(self, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Linear bounds ``lw*z + lb <= sigma(z) <= uw*z + ub`` valid for all ``z`` in ``[l, u]``.

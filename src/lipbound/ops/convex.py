@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbound.errors import UnsupportedOperatorError
-from lipbound.ops.base import ElementwiseOp, chord_relaxation
+from lipbound.ops.base import ElementwiseOp, Traits, chord_relaxation
 from lipbound.ops.registry import REGISTRY
 
 
@@ -49,6 +49,11 @@ class _Convex(ElementwiseOp):
 
 class Softplus(_Convex):
     name = "softplus"
+
+    def traits(self) -> Traits:
+        # torch switches to the identity above ``threshold``: the value jumps by up to ``gap`` there, so difference
+        # quotients across the switch are unbounded (no slope restriction, not smooth); the relaxations absorb it
+        return Traits()
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         self.beta, self.threshold = float(beta), float(threshold)
@@ -89,6 +94,9 @@ class Softplus(_Convex):
 
 class ELU(_Convex):
     name = "elu"
+
+    def traits(self) -> Traits:
+        return Traits(slope=(0.0, 1.0), smooth=self.alpha == 1.0)  # alpha in [0, 1] (the converter refuses others)
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = float(alpha)

@@ -11,13 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipbound.ops.base import ElementwiseOp, chord_relaxation
+from lipbound.ops.base import ElementwiseOp, Traits, chord_relaxation
 from lipbound.ops.registry import REGISTRY
 
 
 class LeakyReLU(ElementwiseOp):
     name = "leaky_relu"
     has_alpha = True
+
+    def traits(self) -> Traits:
+        return Traits(
+            kink_at_zero=True, slope=(min(self.a, 1.0), max(self.a, 1.0)), homogeneous=True, global_kind="leaky_relu"
+        )
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         self.a = float(negative_slope)

@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipbound.ops.base import ElementwiseOp
+from lipbound.ops.base import ElementwiseOp, Traits
 from lipbound.ops.registry import REGISTRY
 
 
 class ReLU(ElementwiseOp):
     name = "relu"
     has_alpha = True
+
+    def traits(self) -> Traits:
+        return Traits(kink_at_zero=True, slope=(0.0, 1.0), homogeneous=True, global_kind="relu")
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.relu(z)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbound.ops._sshape import sshape_derivative_bounds, sshape_relax
-from lipbound.ops.base import ElementwiseOp
+from lipbound.ops.base import ElementwiseOp, Traits
 from lipbound.ops.registry import REGISTRY
 
 
@@ -18,6 +18,9 @@ def _dsigmoid(z: Tensor) -> Tensor:
 
 class Sigmoid(ElementwiseOp):
     name = "sigmoid"
+
+    def traits(self) -> Traits:
+        return Traits(slope=(0.0, 0.25), smooth=True, global_kind="sigmoid")
 
     def forward(self, z):
         return torch.sigmoid(z)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbound.ops._sshape import sshape_derivative_bounds, sshape_relax
-from lipbound.ops.base import ElementwiseOp
+from lipbound.ops.base import ElementwiseOp, Traits
 from lipbound.ops.registry import REGISTRY
 
 
@@ -17,6 +17,9 @@ def _dtanh(z: Tensor) -> Tensor:
 
 class Tanh(ElementwiseOp):
     name = "tanh"
+
+    def traits(self) -> Traits:
+        return Traits(slope=(0.0, 1.0), smooth=True, global_kind="tanh")
 
     def forward(self, z):
         return torch.tanh(z)
