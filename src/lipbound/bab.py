@@ -39,8 +39,7 @@ from torch import Tensor
 from lipbound.engine.jacobian import GatedProduct
 from lipbound.engine.pipeline import norm_upper, propagate
 from lipbound.graph.ir import Graph, Node
-from lipbound.ops.leaky_relu import LeakyReLU
-from lipbound.ops.relu import ReLU
+from lipbound.ops.base import kink_pieces
 
 INPUT_SPLIT_MODES = ("off", "on", "mixed")
 
@@ -63,7 +62,7 @@ def split_nodes(graph: Graph) -> list[Node]:
     """Pre-activations of piecewise-linear activations (the neurons Branch and Bound may split)."""
     seen: dict[int, Node] = {}
     for n in graph.nodes:
-        if isinstance(n.op, (ReLU, LeakyReLU)):
+        if kink_pieces(n.op) is not None:
             seen.setdefault(id(n.inputs[0]), n.inputs[0])
     return list(seen.values())
 

@@ -39,8 +39,7 @@ from torch import Tensor, nn
 from lipbound.engine.forward import forward_bounds
 from lipbound.errors import InvalidInputError, SolverError, UnsupportedOperatorError
 from lipbound.graph.ir import Graph
-from lipbound.ops.base import ConstOp, InputOp, LinearOp
-from lipbound.ops.relu import ReLU
+from lipbound.ops.base import ConstOp, InputOp, LinearOp, kink_pieces
 from lipbound.problem import make_problem, parse_norm
 
 SUPPORTED_NORMS = ("inf", "1")
@@ -95,7 +94,7 @@ def dense_layers(graph: Graph) -> list[tuple[np.ndarray, np.ndarray]]:
                 cols = op.forward(torch.eye(k, dtype=torch.float64).reshape(k, *shape)).reshape(k, -1) - zero
             m = cols.T.numpy()
             w, b = m @ w, m @ b + zero.numpy()
-        elif isinstance(n.op, ReLU):
+        elif kink_pieces(n.op) == (0.0, 1.0):  # a ReLU (the MILP encodes slopes 0 and 1)
             layers.append((w, b))
             w, b = np.eye(n.numel), np.zeros(n.numel)
         else:
@@ -308,7 +307,7 @@ def exact_lipschitz(
     layers = dense_layers(pr.graph)
     with torch.no_grad():
         fb = forward_bounds(pr.graph, pr.xl, pr.xu, "crown")
-    pre_nodes = [n.inputs[0] for n in pr.graph.nodes if isinstance(n.op, ReLU)]
+    pre_nodes = [n.inputs[0] for n in pr.graph.nodes if kink_pieces(n.op) == (0.0, 1.0)]
     pre = [tuple(t.reshape(-1).double().numpy() for t in fb[id(z)]) for z in pre_nodes]
     xl, xu = pr.xl.reshape(-1).numpy(), pr.xu.reshape(-1).numpy()
     rows, fallbacks = [], []

@@ -38,9 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipbound.graph.ir import Graph
-from lipbound.ops.base import ConstOp, InputOp
-from lipbound.ops.leaky_relu import LeakyReLU
-from lipbound.ops.relu import ReLU
+from lipbound.ops.base import ConstOp, InputOp, kink_pieces
 
 # per effort: restart and ascent-step multipliers, local-search rounds, candidates per round and starting points.
 # "default" gets the "small" settings when B * K * input dim * piecewise-linear neurons <= SMALL_NET (cheap search).
@@ -78,14 +76,12 @@ def _evaluate(graph: Graph, x: Tensor, beta: float | None, taps: list | None = N
             v = n.op.value
         else:
             args = [vals[id(i)] for i in n.inputs]
-            if beta is not None and isinstance(n.op, ReLU):
-                v = F.softplus(args[0], beta=beta)
-            elif beta is not None and isinstance(n.op, LeakyReLU):
-                a = n.op.a
-                v = a * args[0] + (1 - a) * F.softplus(args[0], beta=beta)
+            pieces = kink_pieces(n.op)
+            if beta is not None and pieces is not None:  # left z + (right - left) relu(z), relu -> softplus
+                v = pieces[0] * args[0] + (pieces[1] - pieces[0]) * F.softplus(args[0], beta=beta)
             else:
                 v = n.op.forward(*args)
-            if taps is not None and isinstance(n.op, (ReLU, LeakyReLU)):
+            if taps is not None and pieces is not None:
                 taps.append((n.op, args[0], v))
         vals[id(n)] = v
     return vals[id(graph.output)]
@@ -169,12 +165,10 @@ def differentiable_points(
 
 def _gates(op, z: Tensor) -> tuple[Tensor, Tensor]:
     """Autograd's gate at ``z`` and the gate of the other side of ``z = 0``."""
-    if isinstance(op, ReLU):
-        s = (z > 0).to(z.dtype)
-        return s, 1 - s
+    left, right = kink_pieces(op)
     pos = z > 0
-    one, a = torch.ones_like(z), torch.full_like(z, op.a)
-    return torch.where(pos, one, a), torch.where(pos, a, one)
+    r, a = torch.full_like(z, right), torch.full_like(z, left)
+    return torch.where(pos, r, a), torch.where(pos, a, r)
 
 
 def _flip_moves(
@@ -296,7 +290,7 @@ def lower_bound(
     b, k = c.shape[0], c.shape[1]
     in_shape = x_lower.shape[1:]
     d = int(torch.Size(in_shape).numel())
-    pwl = sum(n.numel for n in graph.nodes if isinstance(n.op, (ReLU, LeakyReLU)))
+    pwl = sum(n.numel for n in graph.nodes if kink_pieces(n.op) is not None)
     cfg = EFFORTS["small" if effort == "default" and b * k * d * pwl <= SMALL_NET else effort]
     nd = len(in_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -423,7 +417,7 @@ def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> N
     b, k = c.shape[0], c.shape[1]
     in_shape = lo.shape[2:]
     d = lo[0, 0].numel()
-    hidden = sum(nd.numel for nd in graph.nodes if isinstance(nd.op, (ReLU, LeakyReLU)))
+    hidden = sum(nd.numel for nd in graph.nodes if kink_pieces(nd.op) is not None)
     p = max(1, min(len(starts), int(SEARCH_WORK // max(b * k * d * hidden * cands, 1))))  # bound the work per round
     starts = starts[:p]
     x = torch.stack(starts).reshape(p * b * k, -1)  # (N, d)

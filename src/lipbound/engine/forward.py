@@ -27,11 +27,11 @@ from lipbound.engine.crown import Alphas, backsubstitute, identity_spec
 from lipbound.engine.optim import ProjectedAdam
 from lipbound.engine.rounding import gamma, linear_magnitude
 from lipbound.graph.ir import Graph, Node
-from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp
+from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp, kink_pieces
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
 
-PIECEWISE_LINEAR = (ReLU, LeakyReLU)
+PIECEWISE_LINEAR = (ReLU, LeakyReLU)  # kept for callers; the engine reads ``traits().kink_at_zero`` instead
 #: alpha-optimisation of a target is skipped when batch x (rows to bound) x (size of its ancestors) exceeds this
 OPTIMIZE_BUDGET = 1 << 22
 
@@ -117,7 +117,7 @@ def _needed(node: Node, current: Bounds, bounds: dict[int, Bounds], cons, extra_
     mask = torch.zeros_like(l, dtype=torch.bool)
     for consumer, pos in cons.get(id(node), []):
         op = consumer.op
-        if isinstance(op, PIECEWISE_LINEAR):
+        if kink_pieces(op) is not None:
             mask |= (l < 0) & (u > 0)
         elif getattr(op, "act", None) is not None and pos == 1:  # gate: g matters where sigma'(z) is not fixed
             zl, zu = bounds[id(consumer.inputs[0])]

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from lipbound.graph.ir import Graph, Node
 from lipbound.ops.arith import WeightedSum
-from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, LinearOp, Op, chord_relaxation
+from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, LinearOp, Op, chord_relaxation, kink_pieces
 
 RELAXATIONS = ("crown", "interval")
 
@@ -156,15 +156,10 @@ class GatedProduct(ElementwiseOp):
 
 
 def _gate_slope(act: ElementwiseOp) -> float | None:
-    """Inactive-side slope ``a`` of a piecewise-linear activation (ReLU: 0, LeakyReLU: a), else None."""
-    from lipbound.ops.leaky_relu import LeakyReLU
-    from lipbound.ops.relu import ReLU
-
-    if isinstance(act, ReLU):
-        return 0.0
-    if isinstance(act, LeakyReLU):
-        return act.a
-    return None
+    """Left-piece slope ``a`` of an activation linear on each side of 0 with right slope 1 (ReLU: 0, LeakyReLU: a),
+    read from its traits; None otherwise (other gates keep the z-free planes, which are valid for every gate)."""
+    pieces = kink_pieces(act)
+    return pieces[0] if pieces is not None and pieces[1] == 1.0 else None
 
 
 class JacobianBuilder:

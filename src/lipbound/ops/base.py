@@ -149,6 +149,8 @@ class Traits:
     * ``kink_at_zero``: ``sigma`` is piecewise linear with its only kink at ``z = 0`` (ReLU, LeakyReLU): it is
       linear on each side, so splitting a pre-activation at 0 makes it exact (Branch and Bound, MILP) and a point
       is differentiable iff no such pre-activation is exactly 0 (attained lower bounds).
+    * ``pieces``: for ``kink_at_zero`` ops, the slopes ``(left, right)`` of the two linear pieces, so
+      ``sigma(z) = left z + (right - left) relu(z)`` (ReLU ``(0, 1)``, LeakyReLU(a) ``(a, 1)``); ``None`` otherwise.
     * ``slope``: ``[inf sigma', sup sigma']`` over the real line (the slope restriction ``[alpha, beta]`` of
       LipSDP: ``(sigma(a) - sigma(b)) / (a - b)`` lies in it for all ``a != b``); ``None`` if unbounded.
     * ``homogeneous``: positively homogeneous, ``sigma(t z) = t sigma(z)`` for ``t >= 0``.
@@ -159,6 +161,7 @@ class Traits:
 
     kink_at_zero: bool = False
     slope: tuple[float, float] | None = None
+    pieces: tuple[float, float] | None = None
     homogeneous: bool = False
     smooth: bool = False
     global_kind: str | None = None
@@ -224,3 +227,14 @@ def chord_relaxation(f_l: Tensor, f_u: Tensor, l: Tensor, u: Tensor) -> tuple[Te
     safe = width > 0
     slope = torch.where(safe, (f_u - f_l) / torch.where(safe, width, torch.ones_like(width)), torch.zeros_like(l))
     return slope, f_l - slope * l
+
+
+def kink_pieces(op: Op) -> tuple[float, float] | None:
+    """``(left, right)`` slopes of an activation linear on each side of 0 (``Traits.kink_at_zero``), else ``None``.
+
+    What Branch and Bound splits, the MILP encodes and the lower-bound search smooths; read from the op's traits.
+    """
+    if not isinstance(op, ElementwiseOp):
+        return None
+    t = op.traits()
+    return t.pieces if t.kink_at_zero else None

@@ -21,7 +21,11 @@ class LeakyReLU(ElementwiseOp):
 
     def traits(self) -> Traits:
         return Traits(
-            kink_at_zero=True, slope=(min(self.a, 1.0), max(self.a, 1.0)), homogeneous=True, global_kind="leaky_relu"
+            kink_at_zero=True,
+            slope=(min(self.a, 1.0), max(self.a, 1.0)),
+            pieces=(self.a, 1.0),
+            homogeneous=True,
+            global_kind="leaky_relu",
         )
 
     def __init__(self, negative_slope: float = 0.01) -> None:

@@ -21,7 +21,7 @@ class ReLU(ElementwiseOp):
     has_alpha = True
 
     def traits(self) -> Traits:
-        return Traits(kink_at_zero=True, slope=(0.0, 1.0), homogeneous=True, global_kind="relu")
+        return Traits(kink_at_zero=True, slope=(0.0, 1.0), pieces=(0.0, 1.0), homogeneous=True, global_kind="relu")
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.relu(z)
