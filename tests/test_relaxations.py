@@ -20,6 +20,7 @@ from lipbound.ops.arith import Affine, WeightedSum
 from lipbound.ops.base import ElementwiseOp, LinearOp
 from lipbound.ops.conv import Conv2dLayer
 from lipbound.ops.convex import ELU, Softplus, _Convex
+from lipbound.ops.gelu_silu import GELU, GELUTanh, SiLU, _SmoothUnimodal
 from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.linear import LinearLayer
 from lipbound.ops.normalization import GroupBroadcast, GroupMean, Product, Rsqrt, Square
@@ -63,13 +64,17 @@ ELEMENTWISE = [
     # a low switch threshold: torch's identity branch drops 0.097 below the smooth function
     pytest.param(Softplus(0.5, 3.0), partial(F.softplus, beta=0.5, threshold=3.0), None, id="softplus-switch3"),
     *[pytest.param(ELU(a), partial(F.elu, alpha=a), (a, 1.0), id=f"elu{a}") for a in (1.0, 0.7, 0.0)],
+    pytest.param(GELU(), F.gelu, None, id="gelu"),
+    pytest.param(GELUTanh(), partial(F.gelu, approximate="tanh"), None, id="gelu-tanh"),
+    pytest.param(SiLU(), F.silu, None, id="silu"),
 ]
 
 
 def test_every_elementwise_op_is_covered():
     # Rsqrt (positive domain only) and the two-input Product: dense grids in tests/test_normalization_bounds.py;
-    # _Convex is the abstract base of Softplus and ELU
+    # _Convex is the abstract base of Softplus and ELU, _SmoothUnimodal that of GELU, GELUTanh and SiLU
     covered = {ReLU, LeakyReLU, Tanh, Sigmoid, Square, Rsqrt, Product, Softplus, ELU, _Convex}
+    covered |= {GELU, GELUTanh, SiLU, _SmoothUnimodal}
     missing = _subclasses(ElementwiseOp) - covered
     assert not missing, f"elementwise ops without relaxation tests: {sorted(c.__name__ for c in missing)}"
 

@@ -6,6 +6,7 @@ from lipbound.ops import (  # noqa: F401  (imported for registration)
     batchnorm,
     conv,
     convex,
+    gelu_silu,
     householder,
     identity,
     indexing,
