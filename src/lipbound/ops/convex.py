@@ -96,7 +96,10 @@ class ELU(_Convex):
     name = "elu"
 
     def traits(self) -> Traits:
-        return Traits(slope=(0.0, 1.0), smooth=self.alpha == 1.0)  # alpha in [0, 1] (the converter refuses others)
+        # alpha in [0, 1] (the converter refuses others); alpha = 0 is exactly ReLU
+        if self.alpha == 0.0:
+            return Traits(kink_at_zero=True, slope=(0.0, 1.0), pieces=(0.0, 1.0), homogeneous=True)
+        return Traits(slope=(0.0, 1.0), smooth=self.alpha == 1.0)
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = float(alpha)
