@@ -219,3 +219,43 @@ def test_float32_model_is_sound():
     m64 = model.double()
     for i in range(2):
         assert (_sampled_max(m64, x0[i : i + 1].double(), 0.2, "inf") <= r.upper[i].double() * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("kind", ["script", "jit_trace"])
+def test_torchscript_frontend(kind):
+    from lipbound.graph.torchscript import graph_from_torchscript
+
+    model, shape = _nets()["functional"]
+    model = model.double().eval()
+    x = torch.randn(5, *shape, dtype=D, generator=torch.Generator().manual_seed(4))
+    ts = torch.jit.script(model) if kind == "script" else torch.jit.trace(model, x[:2])
+    graph = graph_from_torchscript(ts, shape)
+    assert {GELU, GELUTanh, SiLU} <= {type(n.op) for n in graph.nodes}
+    torch.testing.assert_close(graph(x), model(x), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_onnx_gelu_node(approximate):
+    pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lipbound.graph.onnx_import import graph_from_onnx
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["z"]),
+        helper.make_node("Gelu", ["z"], ["y"], approximate=approximate),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    graph = graph_from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]))
+    assert (GELU if approximate == "none" else GELUTanh) in {type(n.op) for n in graph.nodes}
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    want = F.gelu(x @ torch.from_numpy(w), approximate=approximate)
+    torch.testing.assert_close(graph(x), want, rtol=1e-5, atol=1e-6)

@@ -411,6 +411,13 @@ def _leaky(imp: _OnnxImporter, args, at):
     return call(F.leaky_relu, imp.b, args[0], float(at.get("alpha", 0.01)))
 
 
+@_op("Gelu")
+def _gelu(imp: _OnnxImporter, args, at):
+    approximate = at.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+    return call(F.gelu, imp.b, args[0], approximate=approximate)
+
+
 @_op("Identity", "Dropout")
 def _identity(imp: _OnnxImporter, args, at):
     if len(args) > 2 and args[2] is not None and bool(scalar(imp.const(args[2], "Dropout training_mode"))):

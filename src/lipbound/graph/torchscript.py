@@ -395,6 +395,16 @@ def _leaky(it: _Interpreter, a: list[Any]) -> Any:
     return call(F.leaky_relu, it.b, a[0], float(scalar(_arg(a, 1, 0.01))))
 
 
+@_aten("aten::gelu", "aten::gelu_")
+def _gelu(it: _Interpreter, a: list[Any]) -> Any:
+    return call(F.gelu, it.b, a[0], approximate=str(_arg(a, 1, "none")))
+
+
+@_aten("aten::silu", "aten::silu_")
+def _silu(it: _Interpreter, a: list[Any]) -> Any:
+    return call(F.silu, it.b, a[0])
+
+
 @_aten("aten::add", "aten::add_")
 def _add(it: _Interpreter, a: list[Any]) -> Any:
     return (
