@@ -156,7 +156,12 @@ MUTANTS: list[Mutant] = [
         "return 4.0 * alpha * trace + 4.0 * n * U * float(np.linalg.norm(A)) + (2 * n + 2) * TINY * 4",
         "return 0.0",
         "PSD certificate without the rounding shift (unsound in the last digits)",
-        ("tests/test_global_lipsdp.py", "tests/test_global_faults.py", "tests/test_global_nsr_fast.py"),
+        (
+            "tests/test_certify_rounding.py",
+            "tests/test_global_lipsdp.py",
+            "tests/test_global_faults.py",
+            "tests/test_global_nsr_fast.py",
+        ),
     ),
     Mutant(
         "clopper-pearson-alpha",

@@ -18,8 +18,10 @@ The backward nodes are appended to the forward graph (one combined graph with in
   ``min(d_l g, d_u g)`` (concave in ``g``) and ``max(d_l g, d_u g)`` (convex); on ``g in [l_g, u_g]`` the tightest
   linear bounds are the two chords. For ReLU this is ``-relu(-g) <= h <= relu(g)`` relaxed by chords, keeping
   ``h`` linear in ``g`` so correlations survive through ``W^T``.
-* ``"interval"`` (RecurJac / Fast-Lip style baseline): an unstable product is replaced by its interval
-  ``[min, max]`` of ``{d_l, d_u} x {l_g, u_g}``; stable products (``d_l = d_u``) stay exact.
+* ``"interval"`` (the RecurJac / Fast-Lip baseline): where the gate is fixed (``d_l = d_u``) or the upstream
+  gradient has a fixed sign (``l_g >= 0``: ``d_l g <= h <= d_u g``; ``u_g <= 0``: ``d_u g <= h <= d_l g``) the
+  exact planes are kept; only a product whose ``g`` changes sign is replaced by its interval ``[min, max]`` of
+  ``{d_l, d_u} x {l_g, u_g}``.
 """
 
 from __future__ import annotations
@@ -110,10 +112,15 @@ class GatedProduct(ElementwiseOp):
         dl_e, du_e = dl.expand_as(dl_l), du.expand_as(dl_l)
         zero = torch.zeros_like(dl_l)
         if self.relaxation == "interval":
+            # RecurJac / Fast-Lip: the exact planes where the gate or the sign of g is fixed (g >= 0:
+            # d_l g <= h <= d_u g; g <= 0: d_u g <= h <= d_l g), the interval hull of the products elsewhere
             lo = torch.minimum(torch.minimum(dl_l, du_l), torch.minimum(dl_u, du_u))
             hi = torch.maximum(torch.maximum(dl_l, du_l), torch.maximum(dl_u, du_u))
-            w = torch.where(fixed, dl_e, zero)
-            return [None, w], torch.where(fixed, zero, lo), [None, w], torch.where(fixed, zero, hi)
+            pos, neg = (l >= 0).expand_as(dl_l), (u <= 0).expand_as(dl_l)
+            plane = fixed | pos | neg
+            lw = torch.where(fixed | pos, dl_e, torch.where(neg, du_e, zero))
+            uw = torch.where(fixed | neg, dl_e, torch.where(pos, du_e, zero))
+            return [None, lw], torch.where(plane, zero, lo), [None, uw], torch.where(plane, zero, hi)
         # z-free: upper phi(g) = max(d_l g, d_u g) (convex) -> chord; lower min(.) (concave) -> chord
         uw, ub = chord_relaxation(torch.maximum(dl_l, du_l), torch.maximum(dl_u, du_u), l, u)
         lw, lb = chord_relaxation(torch.minimum(dl_l, du_l), torch.minimum(dl_u, du_u), l, u)
