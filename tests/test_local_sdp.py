@@ -71,3 +71,32 @@ def test_linf_results_unchanged_when_local_is_lower():
 def test_lipsdp_refuses_other_norms():
     with pytest.raises(InvalidInputError):
         lipbound.local_lipschitz(_net(), torch.zeros(1, 4, dtype=torch.float64), 0.1, norm="inf", method="lipsdp")
+
+
+def test_uncertifiable_fixed_slopes_are_widened(monkeypatch):
+    """A layer mixing stable and unstable neurons can make the LMI uncertifiable (the fixed-slope multipliers blow
+    up: simple-mlp-256 at eps 0.01 gave inf). The retry widens fixed slopes [a, a] to [a - delta |a|, a], which
+    still contains every slope; the bound must stay finite and above the sampled gradient norms."""
+    import math
+
+    from lipbound.global_bounds import lipsdp
+
+    real = lipsdp.solve_certified
+    calls = []
+
+    def exact_slopes_fail(Ws, slopes, per_neuron, name="auto", time_budget=None):
+        fixed = any(bool((a == b).any()) for a, b in slopes)
+        calls.append(fixed)
+        if fixed:  # what the ill-conditioned solver output looks like: nothing certified
+            return (math.inf, None, {"multiplier_scale": None}), {"status": "failed"}, None
+        return real(Ws, slopes, per_neuron, name, time_budget)
+
+    monkeypatch.setattr(lipsdp, "solve_certified", exact_slopes_fail)
+    model = _net()
+    x0 = torch.rand(1, 4, dtype=torch.float64)
+    c = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    r = lipbound.local_lipschitz(model, x0, 0.3, norm=2, c=c, method="lipsdp", use_global=False, lower=False)
+    assert calls[0] and not calls[-1]  # the exact slopes failed, a widened problem was certified
+    assert r.details["lipsdp"][0]["widened_fixed_slopes"] == 1e-3
+    assert math.isfinite(float(r.upper[0]))
+    assert float(_grad_norms(model, x0, 0.3, c).max()) <= float(r.upper[0]) * (1 + 1e-9)

@@ -58,6 +58,8 @@ from lipbound.graph.ir import Graph
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 #: dense entries of the layered weights above which the cheap global bound is skipped (memory/time of extraction)
 MAX_GLOBAL_ENTRIES = 8_000_000
+#: relative widenings of fixed slopes tried when the LMI with exactly fixed slopes cannot be certified
+WIDEN_FIXED = (1e-3, 1e-2)
 F64 = torch.float64
 
 
@@ -223,6 +225,16 @@ def solve_row(
         scales.append(sc)
     best, info, _ = solve_certified(Ws, slopes, True, solver, time_budget)
     rho = best[0]
+    for delta in WIDEN_FIXED if not math.isfinite(rho) else ():
+        # A layer mixing fixed-slope (stable) and free neurons makes the multipliers of the fixed ones grow
+        # without bound ((w - a z)^2 <= 0 only holds with lambda -> inf) and the LMI too ill-conditioned to
+        # certify. Widening a fixed slope a to [a - delta |a|, a] is sound (it contains a) and well-posed.
+        wide = [(np.where(a == b, a - delta * np.abs(a), a), b) for a, b in slopes]
+        best, info, _ = solve_certified(Ws, wide, True, solver, time_budget)
+        rho = best[0]
+        if math.isfinite(rho):
+            info = {**info, "widened_fixed_slopes": delta}
+            break
     upper = certified_product([certified_sqrt(rho), *scales]) if math.isfinite(rho) else math.inf
     upper = round_up(upper + err_term, 2) if err_term else upper
     unstable = int(sum(int((a != b).sum()) for a, b in slopes))
@@ -232,6 +244,7 @@ def solve_row(
         "hidden": len(slopes),
         "unstable": unstable,
         "rounding": err_term,
+        **({"widened_fixed_slopes": info["widened_fixed_slopes"]} if "widened_fixed_slopes" in info else {}),
     }
 
 
