@@ -40,6 +40,7 @@ time is ``max`` over its open and closed domains: a valid upper bound (anytime).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +55,10 @@ from lipbound.ops.leaky_relu import LeakyReLU
 from lipbound.ops.relu import ReLU
 
 INPUT_SPLIT_MODES = ("off", "on", "mixed")
+#: fraction of the budget after which the lower-bound search (run first) stops its ascent and region search
+LOWER_SHARE = 0.25
+#: lower-bound seconds below which the first region search of a process (its one-off import) is skipped
+FIRST_AD_SECONDS = 4.0
 U64 = 2.0**-53
 
 
@@ -386,7 +391,9 @@ def solve(
         return values + rtol * values.abs().clamp(min=1e-12)
 
     # root: every problem is one domain, bounded in one call
+    t_eval = time.perf_counter()
     ev = _evaluate(graph, nodes, xl, xu, c, norm, no_phases(p_count), optimize, steps, prover=prover)
+    t_eval = time.perf_counter() - t_eval
     evaluated += 1
     if nodes:
         raise_lower(ev.xl, ev.xu, torch.arange(p_count, device=dev), c)
@@ -434,7 +441,8 @@ def solve(
         pool = _pool_cat(pool, new, keys)
 
     admit(ev, no_phases(p_count), ev.upper, torch.arange(p_count, device=dev))
-    per_parent = 2 * t_root / max(p_count, 1)  # seconds per split domain (2 children), refined as we go
+    # seconds per split domain (2 children, with the LPs the root did not need), refined by every iteration
+    per_parent = 3 * t_eval / max(p_count, 1)
     min_iter = 0.0
     timed_out = False
     while pool["up"].numel():
@@ -458,7 +466,10 @@ def solve(
                 timed_out = True
                 break
         fit = int(max(remaining - 0.5 * min_iter, 0.0) / max(per_parent, 1e-9))
-        take_n = min(batch, int(torch.isfinite(key).sum()), fit)
+        n_decisive = int((decisive & torch.isfinite(key)).sum())  # while some domain decides a max, only those
+        if min_iter == 0.0 and remaining > 0:  # no measured iteration yet (the root's cost may be a warm-up): one
+            fit = max(fit, 1)
+        take_n = min(batch, n_decisive if n_decisive else int(torch.isfinite(key).sum()), fit)
         if take_n < 1 or remaining < min_iter:
             timed_out = True
             break
@@ -578,7 +589,8 @@ def local_bab(
     """Branch and Bound for :func:`lipbound.local_lipschitz_bab`: boxes ``(B, *in)``, directions ``(B, K, *out)``.
 
     ``time_budget`` is wall-clock seconds from ``t0`` (default: now) to the return, the lower-bound search
-    (:func:`lipbound.lower.lower_bound`, run first, its cost counted) included. Returns ``upper``, ``lower``
+    (:func:`lipbound.lower.lower_bound`, run first, its cost counted, stopped after :data:`LOWER_SHARE` of the
+    budget) included. Returns ``upper``, ``lower``
     ``(B, K)``, the witness points ``(B, K, *in)`` of ``lower`` and per-problem stats (dicts of
     :class:`BabStats`, row-major over ``(B, K)``).
     """
@@ -587,7 +599,11 @@ def local_bab(
     t0 = time.perf_counter() if t0 is None else t0
     b, k = c.shape[0], c.shape[1]
     t1 = time.perf_counter()
-    low, argmax = lower_bound(graph, xl, xu, c, norm, seed=seed)
+    share = LOWER_SHARE * time_budget
+    # the region search's first forward-mode AD pass imports torch._dynamo (1-4 s, once per process): with less
+    # lower-bound time than that it would overrun the budget, so only sampling and ascent run ("fast")
+    effort = "fast" if share < FIRST_AD_SECONDS and "torch._dynamo" not in sys.modules else "default"
+    low, argmax = lower_bound(graph, xl, xu, c, norm, seed=seed, deadline=t0 + share, effort=effort)
     shared = time.perf_counter() - t1
     in_shape = xl.shape[1:]
     with torch.no_grad():

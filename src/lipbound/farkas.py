@@ -7,9 +7,10 @@ Farkas' lemma for a box: the set is empty if and only if some ``y >= 0`` has
 because every point of the set satisfies ``(A^T y)^T x = y^T A x <= y^T b``. :func:`farkas_certifies` checks a
 candidate ``y`` for the given float64 data in float64 arithmetic with an explicit bound on every rounding error
 (Higham's standard model: ``|fl(sum_i p_i) - sum_i p_i| <= gamma_n sum_i |p_i|``, ``gamma_n = n u / (1 - n u)``,
-``u = 2^-53``), so an accepted certificate proves emptiness of the exact real set; the solver that proposed ``y``
-is not trusted. :class:`EmptinessProver` asks HiGHS (``highspy``) for candidates: the dual ray of an infeasible LP
-and, when there is none or it fails the check, the row duals of the elastic LP
+``u = 2^-53``), and small systems that fail that test in exact rationals, so an accepted certificate proves
+emptiness of the exact real set; the solver that proposed ``y`` is not trusted. :class:`EmptinessProver` asks
+HiGHS (``highspy``) for candidates: the dual ray of an infeasible LP and, when there is none or it fails the
+check, the row duals of the elastic LP
 ``min 1^T s  s.t.  A x - s <= b, s >= 0, lo <= x <= hi`` (whose optimal dual is a Farkas vector whenever the
 optimum is positive). A domain is pruned only when a certificate passes; otherwise it is kept.
 """
@@ -17,6 +18,7 @@ optimum is positive). A domain is pruned only when a certificate passes; otherwi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -29,7 +31,25 @@ def _gamma(n: int) -> float:
     return 2 * nu / (1 - nu) if nu < 0.5 else float("inf")
 
 
-def farkas_certifies(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> bool:
+#: systems with at most this many coefficients are re-checked in exact rationals when the float64 test refuses
+EXACT_MAX_ENTRIES = 256
+
+
+def exact_farkas_value(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> Fraction:
+    """``min_{lo <= x <= hi} (a^T y)^T x - y^T b`` in exact rational arithmetic (every float64 is a rational;
+    negative ``y`` entries count as 0)."""
+    r, n = a.shape
+    yq = [Fraction(max(float(v), 0.0)) for v in y]
+    total = Fraction(0)
+    for i in range(n):
+        g = sum((Fraction(float(a[k, i])) * yq[k] for k in range(r) if yq[k]), Fraction(0))
+        total += min(g * Fraction(float(lo[i])), g * Fraction(float(hi[i])))
+    return total - sum((Fraction(float(b[k])) * yq[k] for k in range(r) if yq[k]), Fraction(0))
+
+
+def farkas_certifies(
+    a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, y: np.ndarray, exact: bool = True
+) -> bool:
     """Whether ``y`` (R,) proves ``{x in [lo, hi] : a x <= b}`` empty (``a`` (R, n), ``b`` (R,), ``lo, hi`` (n,)).
 
     Negative entries of ``y`` are replaced by 0 (any ``y >= 0`` is a candidate). With ``g = a^T y`` the exact
@@ -41,7 +61,10 @@ def farkas_certifies(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarra
       ``gamma_{R+2} y^T |b|``;
     * the final subtractions are covered by a further ``8 u`` of the magnitudes involved.
 
-    Accepts only when the lower bound is strictly positive; refuses non-finite data.
+    Accepts only when the lower bound is strictly positive; refuses non-finite data. When the float64 test refuses
+    and ``exact`` is set, systems of at most :data:`EXACT_MAX_ENTRIES` coefficients are decided exactly
+    (:func:`exact_farkas_value` ``> 0``): large cancelling coefficients can make the float64 error bound exceed a
+    real certificate's margin.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
@@ -66,7 +89,11 @@ def farkas_certifies(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarra
     err_t = gn * mag * (1 + gn)
     value = s - err_t - err_g - yb - err_b
     slack = 8 * U64 * (abs(s) + err_t + err_g + abs(yb) + err_b) + 1e-300
-    return bool(np.isfinite(value) and value > slack)
+    if np.isfinite(value) and value > slack:
+        return True
+    if exact and a.size <= EXACT_MAX_ENTRIES and y.any():
+        return exact_farkas_value(a, b, lo, hi, y) > 0
+    return False
 
 
 @dataclass
