@@ -108,3 +108,14 @@ def test_max_domains_is_per_problem_and_deterministic():
     for s in runs[0].details["bab"]:
         assert s["domains_evaluated"] <= 9 + 2 * 64  # stops at the first batch past the cap
     assert torch.equal(runs[0].upper, runs[1].upper)
+
+
+def test_the_runner_task_reports_the_domains_explored():
+    from lipbound.graph.trace import trace
+    from lipbound.runner.tasks import TASKS
+
+    model, _, _, x0, c = tiny_margin_problem([3, 8, 8, 3], 5)
+    graph = trace(model, (3,)).to(torch.float64)
+    out = TASKS["bab"].fn(graph, x0, 0.3, "inf", {"c": c, "time_budget": 20})
+    assert out["domains"] > 1  # the key the runner summed did not exist before: it always reported 0
+    assert out["lower"] <= out["upper"]
