@@ -322,8 +322,8 @@ def local_command(
         float | None,
         typer.Option(
             "--bab",
-            help="Tighten with Branch and Bound on ReLU phases for up to this many seconds per input and direction "
-            "(the bound stays certified at any time).",
+            help="Tighten with Branch and Bound on ReLU phases for up to this many seconds of wall time per input "
+            "(all its directions share it; the bound stays certified at any time).",
         ),
     ] = None,
     weights: Annotated[
@@ -441,7 +441,7 @@ def _run_local(
                 )
             else:
                 r = lipbound.local_lipschitz_bab(
-                    graph, xb, eps, norm=norm, c=c, time_budget=bab, optimize=optimize, dtype=dtype
+                    graph, xb, eps, norm=norm, c=c, time_budget=bab * len(xb), optimize=optimize, dtype=dtype
                 )
             secs = float(getattr(r, "seconds", time.perf_counter() - t0)) / len(xb)
             for k in range(len(xb)):

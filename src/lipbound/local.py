@@ -250,38 +250,22 @@ def local_lipschitz_bab(
 ) -> LocalResult:
     """:func:`local_lipschitz` tightened by Branch and Bound on ReLU phases (see :mod:`lipbound.bab`).
 
-    Same arguments and result as :func:`local_lipschitz`; ``time_budget`` seconds are spent on EACH (input,
-    direction) problem. The upper bound is certified at any time (anytime algorithm); ``details["bab"]`` says how
-    many domains were explored and whether the budget ran out before the gap closed to ``rtol``.
+    Same arguments and result as :func:`local_lipschitz`. ``time_budget``: wall-clock seconds of the WHOLE call
+    (tracing, the lower-bound search and every (input, direction) problem; one queue shares the time, deciding rows
+    first, see :mod:`lipbound.bab`); it returns within about one batch of the deadline. The upper bound is certified
+    at any time (anytime algorithm); ``lower`` is attained at ``lower_point``. ``details["bab"]`` lists, per input
+    and row (row-major), ``upper``, ``lower``, ``domains_open``, ``seconds`` (time used), the domains explored and
+    whether the budget ran out before the gap closed to ``rtol``.
     ``input_split``: ``"off"`` (ReLU splits only), ``"on"`` (input-box splits only) or ``"mixed"``;
     ``max_domains`` stops each problem after that many domains (deterministic runs).
     """
-    from lipbound.bab import branch_and_bound
+    from lipbound.bab import local_bab
 
     t0 = time.perf_counter()
     nrm = parse_norm(norm)
     pr = make_problem(model, x0, eps, x_lower, x_upper, c, dtype or torch.float64)
-    b, k = pr.c.shape[0], pr.c.shape[1]
-    low, argmax = lower_bound(pr.graph, pr.xl, pr.xu, pr.c, nrm, seed=seed)
-    upper = torch.empty(b, k, dtype=pr.dtype, device=pr.xl.device)
-    stats = []
-    with torch.no_grad():
-        for i in range(b):
-            for j in range(k):
-                up, st = branch_and_bound(
-                    pr.graph,
-                    pr.xl[i : i + 1],
-                    pr.xu[i : i + 1],
-                    pr.c[i : i + 1, j : j + 1],
-                    nrm,
-                    float(low[i, j]),
-                    time_budget=time_budget,
-                    batch=batch_domains,
-                    rtol=rtol,
-                    optimize=optimize,
-                    input_split=input_split,
-                    max_domains=max_domains,
-                )
-                upper[i, j] = up
-                stats.append(st.__dict__)
+    options = {"batch": batch_domains, "rtol": rtol, "optimize": optimize, "input_split": input_split}
+    upper, low, argmax, stats = local_bab(
+        pr.graph, pr.xl, pr.xu, pr.c, nrm, time_budget=time_budget, t0=t0, seed=seed, max_domains=max_domains, **options
+    )
     return _result(pr, upper, low, argmax, "crown+bab", nrm, optimize, t0, {"bab": stats})

@@ -31,6 +31,7 @@ if none of them is clean (:func:`differentiable_points`). The returned point is 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -278,12 +279,14 @@ def lower_bound(
     seed: int = 0,
     *,
     effort: str = "default",
+    deadline: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Best gradient norm found in the box, per input and direction.
 
     ``x_lower``, ``x_upper``: ``(B, *in)``; ``c``: ``(B, K, *out)``. Returns ``(values (B, K), points (B, K, *in))``.
     ``effort``: ``"fast"`` (sampling and smoothed ascent only), ``"default"`` or ``"thorough"`` (more restarts,
-    longer ascent and local search over activation regions).
+    longer ascent and local search over activation regions). ``deadline`` (a ``time.perf_counter()`` value): the
+    ascent and the region search stop at the first step past it (the value is still attained).
     """
     if effort not in ("fast", "default", "thorough"):
         raise ValueError(f"effort must be 'fast', 'default' or 'thorough', got {effort!r}")
@@ -362,6 +365,8 @@ def lower_bound(
         run_best = torch.full((restarts, b, k), -1.0, dtype=x.dtype, device=x.device)
         run_x = x.clone()
         for t in range(steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             frac = t / max(steps - 1, 1)
             beta = 2.0 / scale * 50.0**frac  # geometric: smooth (explores) -> sharp (follows the exact regions)
             with torch.enable_grad():
@@ -382,7 +387,7 @@ def lower_bound(
         starts += list(run_x.unbind(0))[: cfg["starts"]]
     starts += pool
     if cfg["rounds"] > 0 and d <= MAX_SEARCH_DIM:
-        _region_search(graph, starts, lo, hi, c, norm, cfg["rounds"], cfg["cands"], consider)
+        _region_search(graph, starts, lo, hi, c, norm, cfg["rounds"], cfg["cands"], consider, deadline)
     return _reevaluate_wide(graph, best, best_x, c, norm), best_x
 
 
@@ -412,7 +417,7 @@ def _reevaluate_wide(graph: Graph, best: Tensor, best_x: Tensor, c: Tensor, norm
     return torch.where(narrow.double() > value, down, narrow).clamp(min=0)  # rounded down, never up
 
 
-def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> None:
+def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider, deadline=None) -> None:
     """Greedy local search over activation regions from ``starts`` (each ``(B, K, *in)``)."""
     b, k = c.shape[0], c.shape[1]
     in_shape = lo.shape[2:]
@@ -427,6 +432,8 @@ def _region_search(graph, starts, lo, hi, c, norm, rounds, cands, consider) -> N
     consider(x.reshape(p, b, k, *in_shape))
     tabu = None
     for _ in range(rounds):
+        if deadline is not None and time.perf_counter() > deadline:
+            return
         try:
             moves = _flip_moves(graph, x, cc, norm, lof, hif, cands, tabu=tabu)
         except (RuntimeError, NotImplementedError):  # an op without forward-mode AD: keep what we have

@@ -53,7 +53,7 @@ def _bab(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]) 
     return {
         "upper": float(r.upper_max[0]),
         "lower": float(r.lower_max[0]),
-        "domains": int(sum(s.get("domains", 0) for s in stats)),
+        "domains": int(sum(s["domains_evaluated"] for s in stats)),
     }
 
 
