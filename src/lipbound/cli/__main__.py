@@ -2,4 +2,4 @@
 
 from lipbound.cli.main import app
 
-app()
+app(prog_name="lipbound")
