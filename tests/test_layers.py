@@ -276,3 +276,32 @@ def test_the_checks_catch_planted_violations() -> None:
     assert any("lipbound.ops/__init__.py:1 imports lipbound.ops.catalog" in m for m in heavy), heavy
     found = probes(sources)
     assert any("probes for 'lipbound.graph.load'" in m for m in found) and any("ImportError" in m for m in found)
+
+
+def test_former_import_paths_keep_working() -> None:
+    """Names that moved down a layer (or into the CLI package) stay importable from where they were."""
+    import lipbound.global_bounds.norms as old_norms
+    from lipbound.global_bounds.norms import conv_operator_norm_upper, matrix_norm_upper
+
+    import lipbound.linalg as linalg
+    from lipbound.cli.global_ import global_command
+    from lipbound.cli.smooth import app as smooth_app
+    from lipbound.global_bounds import norms
+    from lipbound.global_bounds.cli import global_command as old_global_command
+    from lipbound.graph.ir import BATCH, BatchDim
+    from lipbound.graph.trace import BATCH as OLD_BATCH
+    from lipbound.graph.trace import BatchDim as OldBatchDim
+    from lipbound.graph.trace import check_against
+    from lipbound.runner import RunSpecError
+    from lipbound.runner.errors import RunDataError, RunShapeError
+    from lipbound.runner.spec import RunDataError as OldRunDataError
+    from lipbound.runner.spec import RunShapeError as OldRunShapeError
+    from lipbound.runner.spec import RunSpecError as OldRunSpecError
+    from lipbound.smoothing.cli import app as old_smooth_app
+
+    assert old_norms is linalg and norms is linalg
+    assert conv_operator_norm_upper is linalg.conv_operator_norm_upper and matrix_norm_upper is linalg.matrix_norm_upper
+    assert OLD_BATCH is BATCH and OldBatchDim is BatchDim and callable(check_against)
+    assert (OldRunSpecError, OldRunDataError, OldRunShapeError) == (RunSpecError, RunDataError, RunShapeError)
+    assert old_global_command is global_command and old_smooth_app is smooth_app
+    assert callable(lipbound.Bounded) and callable(lipbound.exact_lipschitz)
