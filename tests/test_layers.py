@@ -281,13 +281,12 @@ def test_the_checks_catch_planted_violations() -> None:
 def test_former_import_paths_keep_working() -> None:
     """Names that moved down a layer (or into the CLI package) stay importable from where they were."""
     import lipbound.global_bounds.norms as old_norms
-    from lipbound.global_bounds.norms import conv_operator_norm_upper, matrix_norm_upper
-
     import lipbound.linalg as linalg
     from lipbound.cli.global_ import global_command
     from lipbound.cli.smooth import app as smooth_app
     from lipbound.global_bounds import norms
     from lipbound.global_bounds.cli import global_command as old_global_command
+    from lipbound.global_bounds.norms import conv_operator_norm_upper, matrix_norm_upper
     from lipbound.graph.ir import BATCH, BatchDim
     from lipbound.graph.trace import BATCH as OLD_BATCH
     from lipbound.graph.trace import BatchDim as OldBatchDim
