@@ -1,9 +1,19 @@
 """lipbound: certified Lipschitz bounds for PyTorch networks.
 
 Local bounds (certified upper, attained lower) by bound propagation through the Jacobian graph:
-:func:`local_lipschitz`, :func:`jacobian_bounds`. Global bounds: :func:`global_lipschitz`.
+:func:`local_lipschitz`, :func:`jacobian_bounds`, :func:`local_lipschitz_bab`; exact constants of ReLU nets:
+:func:`exact_lipschitz`; global bounds: :func:`global_lipschitz`; monotonicity: :func:`certify_monotonicity`.
+:class:`Bounded` traces a model once and offers all of them as methods.
+
+Package layers, bottom-up (a module imports only its own layer and those below; :mod:`lipbound._layers` holds the
+table that ``tests/test_layers.py`` enforces)::
+
+    errors -> linalg -> nn -> ir (graph.ir, ops.base) -> ops -> frontends (graph.*, problem, models)
+           -> engine -> analyses (local, lower, bab, exact, monotonicity, local_sdp, global_bounds) -> bounded
+           -> applications (smoothing, counterfactuals, rl, runner, demo) -> lipbound (this facade) -> cli
 """
 
+from lipbound.bounded import Bounded
 from lipbound.errors import (
     InvalidInputError,
     InvalidModelError,
@@ -35,6 +45,7 @@ def run(*args, **kwargs):
 
 
 __all__ = [
+    "Bounded",
     "ExactResult",
     "Graph",
     "InvalidInputError",

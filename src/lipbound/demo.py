@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-import lipbound
 from lipbound.graph import trace
+from lipbound.local import local_lipschitz
 from lipbound.models import bundled_input_shape, load_bundled, load_samples
 
 DEMO_MODELS = ("digits-mlp", "digits-cnn")
@@ -60,8 +60,8 @@ def bound_model(name: str, n_digits: int, eps_values: tuple[float, ...]) -> list
     x, y = x[:n_digits], y[:n_digits]
     rows: list[DemoRow] = []
     for eps in eps_values:
-        rc = lipbound.local_lipschitz(graph, x, eps, method="crown")
-        ri = lipbound.local_lipschitz(graph, x, eps, method="interval")
+        rc = local_lipschitz(graph, x, eps, method="crown")
+        ri = local_lipschitz(graph, x, eps, method="interval")
         up_c, up_i = _reduce(rc.upper), _reduce(ri.upper)
         low = torch.maximum(_reduce(rc.lower), _reduce(ri.lower))
         for k in range(len(x)):

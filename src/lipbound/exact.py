@@ -46,6 +46,7 @@ from lipbound.engine.jacobian import GatedProduct
 from lipbound.engine.pipeline import norm_upper, propagate
 from lipbound.errors import InvalidInputError, SolverError, UnsupportedOperatorError
 from lipbound.graph.ir import Graph
+from lipbound.highs import new_highs
 from lipbound.ops.base import ConstOp, InputOp, LinearOp, kink_pieces
 from lipbound.problem import make_problem, parse_norm
 
@@ -153,13 +154,12 @@ def _solve(model: _Model, obj: np.ndarray, time_limit: float, presolve: bool, to
     import highspy
     from scipy.sparse import coo_matrix
 
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(max(time_limit, 0.01)))
-    h.setOptionValue("mip_rel_gap", tol)
-    h.setOptionValue("mip_abs_gap", tol)
-    h.setOptionValue("threads", 1)
-    h.setOptionValue("presolve", "on" if presolve else "off")
+    h = new_highs(
+        time_limit=float(max(time_limit, 0.01)),
+        mip_rel_gap=tol,
+        mip_abs_gap=tol,
+        presolve="on" if presolve else "off",
+    )
     n = len(model.lb)
     rr = np.concatenate([e[0] for e in model.entries]) if model.entries else np.zeros(0, int)
     cc = np.concatenate([e[1] for e in model.entries]) if model.entries else np.zeros(0, int)

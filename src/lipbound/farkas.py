@@ -110,10 +110,10 @@ class EmptinessProver:
     def __init__(self) -> None:
         import highspy
 
+        from lipbound.highs import new_highs
+
         self._hs = highspy
-        self._h = highspy.Highs()
-        self._h.setOptionValue("output_flag", False)
-        self._h.setOptionValue("presolve", "off")  # presolve-detected infeasibility comes without a dual ray
+        self._h = new_highs(presolve="off")  # presolve-detected infeasibility comes without a dual ray
         self.stats = ProverStats()
 
     def _solve(self, cost, a, col_lo, col_hi, b):

@@ -174,7 +174,7 @@ def global_gamma(
 
 
 def _global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None, dim: int | None) -> tuple[float, str]:
-    from lipbound import global_lipschitz
+    from lipbound.global_bounds import global_lipschitz
 
     shape = (dim,) if dim is not None else None
     if n_outputs == 2 and isinstance(model, torch.jit.ScriptModule):
@@ -193,11 +193,11 @@ def _global_gamma(model: nn.Module, n_outputs: int, time_budget: float | None, d
 
 def local_gamma(model: nn.Module, x: Tensor, t: Tensor, c: Tensor | None, radii: Tensor) -> Tensor:
     """gamma_r for every row of ``x`` (B, d) and radius (Z,): certified sup of ||grad m||_2 on x + [-r, r]^d; (B, Z)."""
-    from lipbound import local_lipschitz
+    from lipbound.local import local_lipschitz
 
     b, d = x.shape
     if isinstance(model, torch.jit.ScriptModule):
-        from lipbound import trace
+        from lipbound.graph import trace
 
         model = trace(model, (d,))
     nz = radii.numel()

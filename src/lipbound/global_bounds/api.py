@@ -235,9 +235,6 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
             continue  # on slope-restricted nets LipSDP-Neuron uses more information than the NSR chain
         try:
             out = _run(m, net, norm, solver, time_budget)
-        except (ImportError, AttributeError) as e:  # baselines module missing
-            skipped[m] = f"unavailable: {e}"
-            continue
         except SOLVER_FAULTS as e:
             out = {"upper": math.inf, "status": f"error: {e}"}
         results[m] = out

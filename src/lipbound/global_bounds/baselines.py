@@ -1,7 +1,7 @@
 """Certified fast global Lipschitz baselines on a :class:`~lipbound.global_bounds.network.LayeredNetwork`.
 
 The network is ``h_0 = x``, ``h_{k+1} = s_k(W_k h_k + b_k)`` (or ``h_k + s_k(W_k h_k + b_k)`` for a residual block),
-``f(x) = W_L h_L + b_L``. Every matrix norm below is a CERTIFIED upper bound (:mod:`lipbound.global_bounds.norms`);
+``f(x) = W_L h_L + b_L``. Every matrix norm below is a CERTIFIED upper bound (:mod:`lipbound.linalg`);
 a power-iteration value never enters a bound.
 
 * ``product``: ``L <= prod_k a_k ||W_k||`` (residual block: ``1 + a_k ||W_k||``), ``a_k`` the Lipschitz constant of
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from lipbound.errors import InvalidModelError, UnsupportedOperatorError
-from lipbound.global_bounds.norms import _U, conv_operator_norm_upper, matrix_norm_upper, parse_norm
+from lipbound.linalg import _U, conv_operator_norm_upper, matrix_norm_upper, parse_norm
 
 _BIG_GRAM = 2048  # smaller side above which a dense Gram iteration gets fewer iterations
 _MAX_PRODUCT_ENTRIES = 16_000_000  # dense products of weight chains larger than this are not formed

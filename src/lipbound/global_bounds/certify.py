@@ -28,6 +28,19 @@ def rump_shift(A: np.ndarray) -> float:
     return 4.0 * alpha * trace + 4.0 * n * U * float(np.linalg.norm(A)) + (2 * n + 2) * TINY * 4
 
 
+def positive_definite_multiplier(T: np.ndarray) -> np.ndarray:
+    """Make a multiplier safely positive definite (``lambda_J += delta`` keeps it a valid multiplier)."""
+    d = 1e-9 * max(float(np.abs(T).max()), 1e-300)
+    return T + d * np.eye(T.shape[0])
+
+
+def sandwich_upper(W: np.ndarray, T: np.ndarray, coef: float) -> np.ndarray:
+    """``coef W^T T W`` plus a diagonal term covering its floating-point rounding (so the result dominates it)."""
+    P = coef * (W.T @ T @ W)
+    err = 2 * (W.shape[0] + T.shape[0] + 4) * U * coef * float(np.linalg.norm(np.abs(W).T @ np.abs(T) @ np.abs(W)))
+    return 0.5 * (P + P.T) + err * np.eye(P.shape[0])
+
+
 def is_psd_certified(A: np.ndarray) -> bool:
     """True only if ``A`` (symmetrised) is proven positive semidefinite by a shifted Cholesky in float64."""
     A = 0.5 * (A + A.T)

@@ -35,6 +35,7 @@ from lipbound.errors import (
     UnsupportedOperatorError,
 )
 from lipbound.nn.activations import GroupSort
+from lipbound.nn.householder import Householder
 
 KINDS = ("relu", "leaky_relu", "tanh", "sigmoid", "maxmin", "groupsort", "householder", "identity")
 SLOPE_RESTRICTED = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
@@ -164,17 +165,8 @@ def group_index(act: Activation) -> Tensor:
 # --------------------------------------------------------------------------------------------------- extraction
 
 
-def _householder_type() -> type | None:
-    try:
-        from lipbound.nn import householder  # part of lipbound.nn, may be absent in older versions
-    except ImportError:
-        return None
-    return getattr(householder, "Householder", None)
-
-
 def _activation_of_module(m: nn.Module) -> Activation | None:
-    hh = _householder_type()
-    if hh is not None and isinstance(m, hh):
+    if isinstance(m, Householder):
         return Activation("householder", None, 2, getattr(m, "grouping", "consecutive"), module=m)
     if isinstance(m, GroupSort):
         if m.group_size == 1:

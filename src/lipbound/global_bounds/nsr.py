@@ -33,7 +33,6 @@ import numpy as np
 
 from lipbound.errors import InvalidInputError, UnsupportedOperatorError
 from lipbound.global_bounds.certify import (
-    U,
     certified_product,
     certified_sqrt,
     is_psd_certified,
@@ -42,6 +41,8 @@ from lipbound.global_bounds.certify import (
     round_up,
     solve_problem,
 )
+from lipbound.global_bounds.certify import positive_definite_multiplier as _pd
+from lipbound.global_bounds.certify import sandwich_upper as _sandwich
 from lipbound.global_bounds.lipsdp import prepare
 from lipbound.global_bounds.network import Activation, LayeredNetwork, group_index
 
@@ -65,19 +66,6 @@ def t_matrix(gid: np.ndarray, lam: np.ndarray, gam: np.ndarray | None) -> np.nda
     if gam is not None:
         T = T + gam[gid][:, None] * (gid[:, None] == gid[None, :])
     return T
-
-
-def _pd(T: np.ndarray) -> np.ndarray:
-    """Make a multiplier safely positive definite (``lambda_J += delta`` keeps it a valid multiplier)."""
-    d = 1e-9 * max(float(np.abs(T).max()), 1e-300)
-    return T + d * np.eye(T.shape[0])
-
-
-def _sandwich(W: np.ndarray, T: np.ndarray, coef: float) -> np.ndarray:
-    """``coef W^T T W`` plus a diagonal term covering its floating-point rounding (so the result dominates it)."""
-    P = coef * (W.T @ T @ W)
-    err = 2 * (W.shape[0] + T.shape[0] + 4) * U * coef * float(np.linalg.norm(np.abs(W).T @ np.abs(T) @ np.abs(W)))
-    return 0.5 * (P + P.T) + err * np.eye(P.shape[0])
 
 
 def backward_chain(

@@ -29,8 +29,7 @@ from torch import Tensor
 
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
 from lipbound.graph.builder import GraphBuilder
-from lipbound.graph.ir import Node
-from lipbound.graph.trace import BATCH
+from lipbound.graph.ir import BATCH, Node
 from lipbound.nn.activations import GroupSort
 from lipbound.ops.catalog import REGISTRY
 from lipbound.ops.indexing import concat_node, feature_index, select_node

@@ -16,6 +16,18 @@ from lipbound.errors import InvalidModelError, ShapeMismatchError
 from lipbound.ops.base import ConstOp, InputOp, Op
 
 
+class BatchDim:
+    """Stands for ``x.size(0)`` (the batch size) during tracing, so reshapes stay batch-agnostic.
+
+    It lives in the IR (not in the tracer) because the ops' converters (``view``/``reshape``) test for it."""
+
+    def __repr__(self) -> str:
+        return "<batch>"
+
+
+BATCH = BatchDim()
+
+
 @dataclass(eq=False)
 class Node:
     """One value of the graph: ``op(*inputs)`` with per-sample ``shape``; ``origin`` says where it came from."""

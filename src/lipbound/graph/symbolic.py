@@ -24,8 +24,7 @@ from typing import Any
 from torch import Tensor
 
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
-from lipbound.graph.ir import Node
-from lipbound.graph.trace import BatchDim
+from lipbound.graph.ir import BatchDim, Node
 from lipbound.ops.shape import fill_inferred_dim
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lipbound.errors import InvalidModelError, ShapeMismatchError, UnsupportedOperatorError
 from lipbound.graph.builder import GraphBuilder
+from lipbound.graph.check import check_against
 from lipbound.graph.composite import (
     SortIndices,
     call,
@@ -37,10 +38,9 @@ from lipbound.graph.composite import (
     select,
     sort_last,
 )
-from lipbound.graph.ir import Graph, Node
+from lipbound.graph.ir import BATCH, Graph, Node
 from lipbound.graph.mode import for_inference
 from lipbound.graph.symbolic import is_batch, is_full_range, per_sample_axis, resolve_reshape, scalar, sym_arith
-from lipbound.graph.trace import BATCH, check_against
 from lipbound.ops.catalog import REGISTRY
 
 

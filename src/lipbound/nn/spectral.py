@@ -7,7 +7,7 @@ result is not guaranteed to be <= 1. Here:
 
 * :func:`certified_spectral_norm` rescales the weight in place by ``min(1, max_norm / sigma_hat)`` where
   ``sigma_hat`` is a CERTIFIED upper bound of the layer's l2 operator norm (Gram iteration; convolutions for the
-  given input shape, :mod:`lipbound.global_bounds.norms`), then re-certifies the stored (possibly float32) weight
+  given input shape, :mod:`lipbound.linalg`), then re-certifies the stored (possibly float32) weight
   and shrinks again until the certified norm is ``<= max_norm``.
 * :class:`CertifiedSpectralNorm` is a ``torch.nn.utils.parametrize`` parametrisation for training: in training mode
   the forward uses a cheap power-iteration estimate ``sigma_est = u^T A v`` (one step per call, persistent
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lipbound.errors import InvalidInputError, UnsupportedOperatorError
-from lipbound.global_bounds.norms import conv_operator_norm_upper, conv_spec, matrix_norm_upper
+from lipbound.linalg import conv_operator_norm_upper, conv_spec, matrix_norm_upper
 
 
 def layer_operator_norm_upper(module: nn.Module, input_shape: tuple[int, ...] | None = None, weight=None) -> float:

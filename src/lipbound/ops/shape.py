@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbound.errors import ShapeMismatchError, UnsupportedOperatorError
+from lipbound.graph.ir import BatchDim
 from lipbound.ops.base import LinearOp
 from lipbound.ops.registry import REGISTRY
 
@@ -73,8 +74,6 @@ def _flatten(builder, module, args, kwargs):
 @REGISTRY.function(torch.reshape, name="Flatten / reshape / view")
 @REGISTRY.method("view", "reshape", name="Flatten / reshape / view")
 def _reshape(builder, module, args, kwargs):
-    from lipbound.graph.trace import BatchDim
-
     x = args[0]
     shape = args[1:] if len(args) > 1 else (kwargs.get("shape") or kwargs.get("size"),)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import lipbound
 from lipbound.errors import InvalidInputError
+from lipbound.global_bounds import global_lipschitz
+from lipbound.local import local_lipschitz
 
 ACTION_AUGMENT = 1e6
 
@@ -68,7 +69,7 @@ def critic_lipschitz_probe(
         x0 = torch.cat([states, ACTION_AUGMENT * actions], dim=-1)
         radius = torch.cat([torch.full_like(states, float(eps)), torch.zeros_like(actions)], dim=-1)
         lower_actions = actions
-    local = lipbound.local_lipschitz(net, x0, eps=radius, norm=p, lower=False)
+    local = local_lipschitz(net, x0, eps=radius, norm=p, lower=False)
     # attained lower bound: the state-gradient norm at the centre and at ``samples`` uniform points of each box
     gen = torch.Generator().manual_seed(0)
     b, d = states.shape
@@ -76,7 +77,7 @@ def critic_lipschitz_probe(
     points = torch.cat([states[None], states[None] + offsets]).reshape(-1, d)
     acts = None if lower_actions is None else lower_actions.repeat(samples + 1, 1)
     lower = _state_gradient_norm(net, points, acts, norm).reshape(samples + 1, b).amax(0)
-    glob = lipbound.global_lipschitz(critic.state_network(action).double(), norm=p, method=global_method)
+    glob = global_lipschitz(critic.state_network(action).double(), norm=p, method=global_method)
     return {
         "local_upper": float(local.upper_max.max()),
         "local_upper_mean": float(local.upper_max.mean()),

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lipbound.errors import InvalidInputError, LipboundError, ShapeMismatchError
+from lipbound.errors import LipboundError
+from lipbound.runner.errors import RunDataError, RunShapeError, RunSpecError
 
 BUNDLED_PREFIX = "bundled:"
 # bundled data sets: name -> (package, file) of an .npz with ``x`` (and ``y``); a bundled model's name also works
@@ -35,18 +36,6 @@ DATA_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".csv")
 EXECUTORS = ("local", "ray")
 # fields that say HOW to run, not WHAT: they do not enter the run key (a resumed run may change them)
 RUN_ONLY_FIELDS = ("out", "executor", "workers", "limit", "address", "retries", "retry_failed", "threads")
-
-
-class RunSpecError(InvalidInputError):
-    """The run specification is invalid (unknown task or option, bad value, unreadable spec file)."""
-
-
-class RunDataError(InvalidInputError):
-    """The data set named by the spec is missing or unreadable."""
-
-
-class RunShapeError(ShapeMismatchError):
-    """The data set's per-sample shape does not match the model's input shape."""
 
 
 @dataclass

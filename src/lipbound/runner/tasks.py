@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import lipbound
-from lipbound.runner.spec import RunSpecError
+from lipbound.local import local_lipschitz, local_lipschitz_bab
+from lipbound.monotonicity import certify_monotonicity
+from lipbound.runner.errors import RunSpecError
 
 TaskFn = Callable[[Any, Tensor, float, str, dict[str, Any]], dict[str, float]]
 # keywords the runner itself passes; a spec's options may not set them
@@ -39,7 +40,7 @@ class Task:
 
 
 def _local(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]) -> dict[str, float]:
-    r = lipbound.local_lipschitz(graph, x, eps, norm, **options)
+    r = local_lipschitz(graph, x, eps, norm, **options)
     return {
         "upper": float(r.upper_max[0]),
         "lower": float(r.lower_max[0]),
@@ -48,7 +49,7 @@ def _local(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]
 
 
 def _bab(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]) -> dict[str, float]:
-    r = lipbound.local_lipschitz_bab(graph, x, eps, norm, **options)
+    r = local_lipschitz_bab(graph, x, eps, norm, **options)
     stats = r.details["bab"]
     return {
         "upper": float(r.upper_max[0]),
@@ -60,7 +61,7 @@ def _bab(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]) 
 def _monotone(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, Any]) -> dict[str, float]:
     if norm != "inf":
         raise RunSpecError("task 'monotone' certifies on the l_inf box; use norm inf")
-    r = lipbound.certify_monotonicity(graph, x, eps, **options)
+    r = certify_monotonicity(graph, x, eps, **options)
     return {
         "increasing": int(r.increasing.sum()),
         "decreasing": int(r.decreasing.sum()),
@@ -71,11 +72,9 @@ def _monotone(graph: Any, x: Tensor, eps: float, norm: str, options: dict[str, A
 
 
 TASKS: dict[str, Task] = {
-    "local": Task(_local, lipbound.local_lipschitz, "certified upper / attained lower local Lipschitz bound", "upper"),
-    "bab": Task(_bab, lipbound.local_lipschitz_bab, "local bound tightened by Branch and Bound", "upper"),
-    "monotone": Task(
-        _monotone, lipbound.certify_monotonicity, "certified monotone (direction, feature) pairs", "increasing"
-    ),
+    "local": Task(_local, local_lipschitz, "certified upper / attained lower local Lipschitz bound", "upper"),
+    "bab": Task(_bab, local_lipschitz_bab, "local bound tightened by Branch and Bound", "upper"),
+    "monotone": Task(_monotone, certify_monotonicity, "certified monotone (direction, feature) pairs", "increasing"),
 }
 
 

@@ -311,12 +311,12 @@ class Smooth:
             if lipschitz != "certified":
                 raise SmoothingInputError(f"lipschitz must be None, a float > 0 or 'certified', got {lipschitz!r}")
             if self._certified_lipschitz is None:
-                import lipbound
+                from lipbound.global_bounds import global_lipschitz
 
                 if self.input_shape is None:
                     raise SmoothingInputError("lipschitz='certified' needs Smooth(..., input_shape=...)")
                 self._certified_lipschitz = float(
-                    lipbound.global_lipschitz(
+                    global_lipschitz(
                         self.model, norm=2, method=self.lipschitz_method, input_shape=self.input_shape
                     ).upper
                 )

@@ -1,4 +1,8 @@
-"""Certified operator norms of dense matrices and 2-D convolutions.
+"""Certified operator norms of dense matrices and 2-D convolutions: the shared low-level linear algebra.
+
+This module sits just above :mod:`lipbound.errors` in the package layers (it imports nothing else from lipbound),
+so the Lipschitz layers of :mod:`lipbound.nn` and the global bounds of :mod:`lipbound.global_bounds` both use it.
+``lipbound.global_bounds.norms`` is an alias of this module.
 
 Matrices (:func:`matrix_norm_upper`)
     * ``norm="inf"``: ``||W||_inf = max_i sum_j |W_ij|`` (exact, plus a rounding margin).
@@ -200,6 +204,25 @@ class ConvSpec:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
 
+def _is_conv_op(op) -> bool:
+    """A lipbound 2-D convolution op: ``name == "conv2d"`` with weight, geometry and per-sample ``in_shape``."""
+    attrs = ("weight", "stride", "padding", "dilation", "groups", "in_shape")
+    return getattr(op, "name", None) == "conv2d" and all(hasattr(op, a) for a in attrs)
+
+
+def _resolve_padding(padding, weight: Tensor, dilation) -> tuple[int, int]:
+    """``nn.Conv2d``'s padding as two integers: "valid" -> 0, "same" -> half the dilated kernel extent."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        d = _pair(dilation)
+        total = [d[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+        if any(t % 2 for t in total):
+            raise UnsupportedOperatorError("Conv2d(padding='same')", "Conv2d", hint="asymmetric 'same' padding")
+        return (total[0] // 2, total[1] // 2)
+    return _pair(padding)
+
+
 def conv_spec(
     conv,
     in_shape: tuple[int, ...] | None = None,
@@ -213,20 +236,13 @@ def conv_spec(
 
     ``in_shape`` is ``(C_in, H, W)`` or ``(H, W)``; it is taken from a ``Conv2dLayer`` when omitted.
     """
-    from lipbound.ops.conv import Conv2dLayer
-
-    if isinstance(conv, Conv2dLayer):
-        weight, stride, padding, dilation, groups = conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups
-        in_shape = in_shape if in_shape is not None else conv.in_shape
-    elif isinstance(conv, nn.Conv2d):
-        if isinstance(conv.padding, str):
-            from lipbound.ops.conv import _padding
-
-            padding = _padding(conv.padding, conv.weight, conv.dilation, "Conv2d")
-        else:
-            padding = conv.padding
+    if isinstance(conv, nn.Conv2d):
+        padding = _resolve_padding(conv.padding, conv.weight, conv.dilation)
         weight, stride, dilation, groups = conv.weight, conv.stride, conv.dilation, conv.groups
         padding_mode = conv.padding_mode
+    elif _is_conv_op(conv):  # lipbound.ops.conv.Conv2dLayer (not imported: the ops sit above this module)
+        weight, stride, padding, dilation, groups = conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups
+        in_shape = in_shape if in_shape is not None else conv.in_shape
     elif isinstance(conv, Tensor):
         weight = conv
     else:
