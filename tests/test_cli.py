@@ -89,6 +89,22 @@ def test_local_all_rows_and_methods(tmp_path: Path) -> None:
         assert all(u >= lo for u, lo in zip(rc["upper"], rc["lower"], strict=True))
 
 
+def test_local_lipsdp_method_matches_api_and_needs_norm2(tmp_path: Path) -> None:
+    out = tmp_path / "sdp.json"
+    args = ["local", "bundled:simple-mlp-16", "--eps", "0.01", "--limit", "1", "--c", "margin:0,1", "--norm", "2"]
+    r = runner.invoke(app, [*args, "--method", "lipsdp", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(out.read_text())["results"]
+    model = load_bundled("simple-mlp-16", torch.float64)
+    x, _ = load_samples("simple-mlp-16", torch.float64)
+    c = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    ref = lipbound.local_lipschitz(model, x[:1], 0.01, norm=2, c=c, method="lipsdp", lower=False)
+    assert row["upper"] == pytest.approx(float(ref.upper[0]), rel=1e-6)
+    assert row["upper"] >= row["lower"] > 0
+    bad = runner.invoke(app, ["local", "bundled:simple-mlp-16", "--method", "lipsdp", "--limit", "1"])
+    assert bad.exit_code == 2 and "--norm 2" in bad.output
+
+
 @needs_loader
 def test_local_x0_file_float32_norm2(tmp_path: Path) -> None:
     x, _ = load_samples("simple-mlp-16")

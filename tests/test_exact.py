@@ -142,3 +142,17 @@ def test_time_limit_returns_sound_bounds():
     x = r.lower_point.reshape(1, 10).clone().requires_grad_(True)
     (g,) = torch.autograd.grad(net(x).sum(), x)
     assert float(g.abs().sum()) == pytest.approx(r.lower, rel=1e-12)
+
+
+def test_every_highs_instance_comes_from_the_one_factory():
+    """HiGHS refuses a second thread count in one process (the MILP then ends 'not_set'): all instances must be
+    made by lipbound.highs.new_highs, with the same options."""
+    from pathlib import Path
+
+    import lipbound
+
+    root = Path(lipbound.__file__).parent
+    offenders = [
+        str(p.relative_to(root)) for p in root.rglob("*.py") if "Highs()" in p.read_text() and p.name != "highs.py"
+    ]
+    assert offenders == []

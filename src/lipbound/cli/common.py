@@ -48,6 +48,7 @@ class Norm(StrEnum):
 class Method(StrEnum):
     crown = "crown"
     interval = "interval"
+    lipsdp = "lipsdp"
 
 
 class DType(StrEnum):

@@ -72,7 +72,12 @@ def local_command(
         ),
     ] = None,
     method: Annotated[
-        Method, typer.Option("--method", help="crown: linear relaxations (tight); interval: RecurJac-style baseline.")
+        Method,
+        typer.Option(
+            "--method",
+            help="crown: linear relaxations (tight); interval: the RecurJac/Fast-Lip baseline; lipsdp: local "
+            "LipSDP-Neuron, one certified SDP per input and direction (--norm 2 only; seconds to minutes each).",
+        ),
     ] = Method.crown,
     optimize: Annotated[
         bool, typer.Option("--optimize", help="Optimise the relaxation slopes by gradient ascent (slower, tighter).")
@@ -126,7 +131,13 @@ def local_command(
         if bab is not None and not bab > 0:
             raise InvalidInputError(f"--bab must be a positive number of seconds, got {bab}")
         if bab is not None and method != Method.crown:
-            raise InvalidInputError("--bab refines the crown bound; it cannot be combined with --method interval")
+            raise InvalidInputError(
+                f"--bab refines the crown bound; it cannot be combined with --method {method.value}"
+            )
+        if method == Method.lipsdp and norm.value != "2":
+            raise InvalidInputError(
+                f"--method lipsdp bounds the l2 constant only: use --norm 2 (got --norm {norm.value})"
+            )
         tdtype = torch.float64 if dtype == DType.float64 else torch.float32
         given_shape = parse_shape(input_shape)
         loaded, shape = load_cli_model(model, weights, given_shape)
