@@ -131,14 +131,33 @@ def _too_large(net: LayeredNetwork, m: str, norm: str = "2") -> str | None:
     return None
 
 
+#: methods whose numbers come from the dense segment matrices W_hat (their rounding is added afterwards);
+#: product and liplt bound the exact segments directly (structured norms plus their own rounding bounds)
+DENSE_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr")
+
+
 def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
+    """Run ``method``; for the dense methods add :func:`~lipbound.global_bounds.baselines.dense_perturbation`
+    so that the value bounds the network with the exact (real) segment maps, not only the float64 matrices."""
+    out = _run_method(method, net, norm, solver, time_budget)
+    if method in DENSE_METHODS and math.isfinite(out.get("upper", math.inf)):
+        from lipbound.global_bounds.baselines import dense_perturbation
+
+        eta = dense_perturbation(net, norm)
+        if eta:
+            out["upper"] = float(out["upper"] + eta) * (1 + 2**-50)
+            out["rounding_margin"] = eta
+    return out
+
+
+def _run_method(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
     if method in ("product", "liplt", "eclipse-fast"):
         from lipbound.global_bounds import baselines
 
         fn = {
-            "product": lambda: baselines.product_bound(net, norm),
-            "liplt": lambda: baselines.liplt_bound(net, norm),
-            "eclipse-fast": lambda: baselines.eclipse_fast_bound(net),
+            "product": lambda: baselines.product_bound(net, norm, time_budget=time_budget),
+            "liplt": lambda: baselines.liplt_bound(net, norm, time_budget=time_budget),
+            "eclipse-fast": lambda: baselines.eclipse_fast_bound(net, time_budget=time_budget),
         }[method]
         res = fn()
         det = dict(getattr(res, "details", {}) or {})
@@ -201,6 +220,11 @@ def global_lipschitz(
         raise UnsupportedOperatorError(method, "model", hint=ok[method])
     details: dict = {"fallbacks": []}
     current = method
+    refusal = _dense_refusal(net, method)
+    if refusal is not None:  # a method that would need a dense matrix above the limit: routed, never allocated
+        nxt = ROUTE[method]
+        details["fallbacks"].append(f"{refusal}; using {nxt}")
+        current = nxt
     while True:
         try:
             out = _run(current, net, norm, solver, time_budget)
@@ -218,6 +242,27 @@ def global_lipschitz(
     return GlobalResult(out["upper"], current, time.perf_counter() - t0, norm, details)
 
 
+#: where a method goes when the model is too large for its dense matrices
+ROUTE = {"eclipse-fast": "liplt", "lipsdp-neuron": "product", "lipsdp-layer": "product", "lipsdp-nsr": "product"}
+
+
+def _dense_refusal(net: LayeredNetwork, method: str) -> str | None:
+    """Why ``method`` cannot run on ``net`` without a dense matrix above the size limit (``None`` if it can)."""
+    from lipbound.global_bounds import baselines, network
+
+    if method == "eclipse-fast":
+        return baselines.eclipse_width_error(net)
+    if method in SDP_METHODS:
+        limit = network.MAX_DENSE
+        for k, s in enumerate(net.segments):
+            if s.dense_size() > limit:
+                return (
+                    f"{method} needs the dense {s.n_out} x {s.n_in} matrix of layer {k} at {net.origins[k]!r} "
+                    f"({s.dense_size() * 8 / 2**30:.1f} GiB, limit {limit} entries)"
+                )
+    return None
+
+
 def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     order = ["product", "liplt", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr"]
     results: dict[str, Any] = {}
@@ -225,10 +270,15 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     for m in order:
         if ok[m] is not None:
             continue
-        if _too_large(net, m, norm):
-            skipped[m] = _too_large(net, m, norm)
+        why = _dense_refusal(net, m) or _too_large(net, m, norm)
+        if why:
+            skipped[m] = why
             continue
-        neuron_fits = ok["lipsdp-neuron"] is None and _too_large(net, "lipsdp-neuron") is None
+        neuron_fits = (
+            ok["lipsdp-neuron"] is None
+            and _too_large(net, "lipsdp-neuron") is None
+            and _dense_refusal(net, "lipsdp-neuron") is None
+        )
         if m == "lipsdp-layer" and neuron_fits:
             continue  # neuron dominates layer
         if m == "lipsdp-nsr" and neuron_fits:

@@ -45,8 +45,6 @@ from lipbound.global_bounds.certify import (
 from lipbound.global_bounds.lipsdp import prepare
 from lipbound.global_bounds.network import Activation, LayeredNetwork, group_index
 
-HOMOGENEOUS = ("relu", "leaky_relu", "identity", "maxmin", "groupsort", "householder")
-
 
 def multiplier_structure(act: Activation, n: int) -> tuple[np.ndarray, bool, float]:
     """``(group id per feature, has_gamma, kappa)`` for the multiplier ``T`` of activation ``act`` on ``n`` features."""
@@ -219,7 +217,7 @@ def nsr_bound(net: LayeredNetwork, norm: str = "2", solver: str | None = None, t
     "mosek". ``details["solver"]`` says which ran; the reported bound is always the float64-certified one.
     """
     check_nsr(net, norm)
-    homog = [a.kind in HOMOGENEOUS for a in net.activations]
+    homog = [bool(a.homogeneous) for a in net.activations]  # the op traits
     prep = prepare(net, homog, reduce=norm == "2", residual=net.residual)
     Ws = prep.weights
     if net.depth == 0:
