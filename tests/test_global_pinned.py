@@ -112,8 +112,8 @@ def test_dense_refusal_message_in_process() -> None:
         with pytest.raises(InvalidModelError, match="dense 512 x 256"):
             net.weights[0]
         r = global_lipschitz(m, 2, "lipsdp-neuron", input_shape=(1, 16, 16))
-        assert r.method == "product" and "dense 512 x 256" in r.details["fallbacks"][0]
+        assert r.method == "liplt" and "dense 512 x 256" in r.details["fallbacks"][0]
         assert "GiB" in r.details["fallbacks"][0]
     finally:
         network.MAX_DENSE = old
-    assert r.upper == pytest.approx(global_lipschitz(m, 2, "product", input_shape=(1, 16, 16)).upper, rel=1e-12)
+    assert r.upper == pytest.approx(global_lipschitz(m, 2, "liplt", input_shape=(1, 16, 16)).upper, rel=1e-12)

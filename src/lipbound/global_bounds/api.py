@@ -101,13 +101,18 @@ def applicable(net: LayeredNetwork, norm: str) -> dict[str, str | None]:
     return out
 
 
-def lmi_rows(net: LayeredNetwork, method: str) -> int:
-    """Size of the largest/whole LMI the method solves (used to predict whether it fits the budget)."""
+def lmi_rows(net: LayeredNetwork, method: str, norm: str = "2") -> int:
+    """Size of the largest/whole LMI the method solves (used to predict whether it fits the budget).
+
+    LipSDP-NSR in l_inf keeps the input block ``diag(tau) - W_0^T T_1 W_0`` (``n_0`` rows, no SVD reduction)."""
     dims = net.dims
     if method in ("lipsdp-layer", "lipsdp-neuron"):
         return min(dims[0], dims[1]) + sum(dims[1:-1])
     if method == "lipsdp-nsr":
-        return max(2 * d if r else d for d, r in zip(dims[1:-1], net.residual, strict=True)) if net.depth else 0
+        if not net.depth:
+            return 0
+        rows = max(2 * d if r else d for d, r in zip(dims[1:-1], net.residual, strict=True))
+        return max(rows, dims[0]) if norm == "inf" else rows
     return 0
 
 
@@ -126,8 +131,8 @@ def _too_large(net: LayeredNetwork, m: str, norm: str = "2") -> str | None:
         if chain_cost(net) > MAX_CHAIN_COST:
             return f"chain cost {chain_cost(net):.2g} exceeds the budget ({MAX_CHAIN_COST:.2g})"
         return None
-    if m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
-        return f"LMI of {lmi_rows(net, m)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
+    if m in SDP_METHODS and lmi_rows(net, m, norm) > MAX_LMI_ROWS[m]:
+        return f"LMI of {lmi_rows(net, m, norm)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
     return None
 
 
@@ -220,9 +225,11 @@ def global_lipschitz(
         raise UnsupportedOperatorError(method, "model", hint=ok[method])
     details: dict = {"fallbacks": []}
     current = method
-    refusal = _dense_refusal(net, method)
+    refusal = _dense_refusal(net, method, norm)
     if refusal is not None:  # a method that would need a dense matrix above the limit: routed, never allocated
         nxt = ROUTE[method]
+        if nxt == "product" and ok["liplt"] is None:
+            nxt = "liplt"  # tighter, and structured too
         details["fallbacks"].append(f"{refusal}; using {nxt}")
         current = nxt
     while True:
@@ -246,13 +253,33 @@ def global_lipschitz(
 ROUTE = {"eclipse-fast": "liplt", "lipsdp-neuron": "product", "lipsdp-layer": "product", "lipsdp-nsr": "product"}
 
 
-def _dense_refusal(net: LayeredNetwork, method: str) -> str | None:
+#: widest hidden layer an SDP method is run on (its chain / LMI blocks are dense width x width matrices)
+MAX_SDP_WIDTH = 4096
+#: LMI rows above which the SCS path of LipSDP-NSR (residual blocks, l_inf) is refused rather than started
+MAX_SCS_ROWS = 512
+
+
+def _dense_refusal(net: LayeredNetwork, method: str, norm: str = "2") -> str | None:
     """Why ``method`` cannot run on ``net`` without a dense matrix above the size limit (``None`` if it can)."""
     from lipbound.global_bounds import baselines, network
 
     if method == "eclipse-fast":
         return baselines.eclipse_width_error(net)
     if method in SDP_METHODS:
+        width = max(net.dims[1:-1], default=0)
+        if width > MAX_SDP_WIDTH:
+            k = net.dims[1:-1].index(width)
+            return (
+                f"{method} needs dense {width} x {width} matrices for the hidden layer after {net.origins[k]!r} "
+                f"({width * width * 8 / 2**30:.1f} GiB each, limit width {MAX_SDP_WIDTH})"
+            )
+        scs = method == "lipsdp-nsr" and (any(net.residual) or norm == "inf")
+        rows = lmi_rows(net, method, norm)
+        if scs and rows > MAX_SCS_ROWS:
+            return (
+                f"{method} ({'residual' if any(net.residual) else 'l_inf'}) solves an LMI of {rows} rows with SCS "
+                f"(dense {rows} x {rows}: {rows * rows * 8 / 2**30:.2f} GiB; limit {MAX_SCS_ROWS} rows)"
+            )
         limit = network.MAX_DENSE
         for k, s in enumerate(net.segments):
             if s.dense_size() > limit:
@@ -270,7 +297,7 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     for m in order:
         if ok[m] is not None:
             continue
-        why = _dense_refusal(net, m) or _too_large(net, m, norm)
+        why = _dense_refusal(net, m, norm) or _too_large(net, m, norm)
         if why:
             skipped[m] = why
             continue

@@ -6,7 +6,7 @@ affine, reshapes, gathers, sums, constants), so ``z = A h + b``. The linear part
 method asks for it:
 
 * :meth:`AffineSegment.apply` / :meth:`AffineSegment.apply_t`: ``A x`` and ``A^T y`` on batches (the ops' own
-  ``apply``; the adjoint by reverse-mode differentiation of that linear map, exact up to rounding);
+  ``apply`` and ``apply_transpose``, the latter in reverse topological order);
 * :meth:`AffineSegment.abs_apply`: the same chain with every op replaced by its entrywise absolute value ``|A_j|``;
 * :meth:`AffineSegment.norm_upper`: certified ``||A||`` in l2 / l_inf without a dense matrix (see below);
 * :meth:`AffineSegment.dense`: the dense matrix, refused above :data:`MAX_DENSE` entries before allocating it,
@@ -152,13 +152,25 @@ class AffineSegment:
         return self._run(x, True) if self.nodes else x.reshape(x.shape[0], -1)
 
     def _vjp(self, y: Tensor, absolute: bool) -> Tensor:
-        x = torch.zeros(y.shape[0], self.n_in, dtype=y.dtype, device=y.device, requires_grad=True)
-        with torch.enable_grad():
-            out = self._run(x, absolute)
-            if not out.requires_grad:
-                return torch.zeros_like(x).detach()
-            (g,) = torch.autograd.grad(out, x, y)
-        return g.detach()
+        """Adjoint by the ops' own ``apply_transpose`` in reverse topological order (cotangents summed where a
+        value feeds several ops); constants receive none."""
+        from lipbound.ops.base import ConstOp
+
+        b = y.shape[0]
+        grads: dict[int, Tensor] = {id(self.dst): y.reshape(b, *self.out_shape)}
+        for n in reversed(self.nodes):
+            g = grads.pop(id(n), None)
+            if g is None or isinstance(n.op, ConstOp) or not n.inputs:
+                continue
+            op = n.op.abs() if absolute else n.op
+            for i, gi in zip(n.inputs, op.apply_transpose(g), strict=True):
+                if isinstance(i.op, ConstOp):
+                    continue
+                grads[id(i)] = gi if id(i) not in grads else grads[id(i)] + gi
+        g = grads.get(id(self.src))
+        if g is None:
+            return torch.zeros(b, self.n_in, dtype=y.dtype, device=y.device)
+        return g.reshape(b, self.n_in)
 
     def apply_t(self, y: Tensor) -> Tensor:
         """``A^T y`` for ``y`` of shape ``(B, n_out)``; returns ``(B, n_in)``."""
