@@ -168,3 +168,23 @@ def test_time_budget_honoured(method: str) -> None:
         else:
             assert r.upper > 0
         assert time.perf_counter() - t0 <= budget + 3.0
+
+
+def test_auto_shares_its_time_budget() -> None:
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).to(D).eval()
+    net = extract(m, (16,))
+    t0 = time.perf_counter()
+    r = global_lipschitz(net, 2, "auto", time_budget=1e-3)
+    assert time.perf_counter() - t0 < 3.0
+    assert r.method == "product" and r.upper == global_lipschitz(net, 2, "product").upper
+    assert all("time_budget" in r.details["skipped"][m] for m in ("liplt", "eclipse-fast", "lipsdp-neuron"))
+
+
+def test_torchscript_model_through_the_same_intake() -> None:
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(D).eval()
+    scripted = torch.jit.script(m)
+    for method in ("product", "lipsdp-neuron"):
+        a = global_lipschitz(scripted, 2, method, input_shape=(5,)).upper
+        assert a == pytest.approx(global_lipschitz(m, 2, method, input_shape=(5,)).upper, rel=1e-6)

@@ -199,7 +199,8 @@ def global_lipschitz(
     small LMIs, the solver-free first-order chain method on large or deep nets; ``details["solver"]`` says which),
     "first-order", "scs", "clarabel" or "mosek"; the same for "lipsdp-nsr" (default on plain l2 nets: SCS polished
     by the first-order chain method up to width 64 / depth 4, the first-order method beyond; residual or l_inf: SCS).
-    ``time_budget``: seconds per solver run (the first-order method stops there with a certified bound).
+    ``time_budget``: seconds for the call (the first-order method stops there with a certified bound; the closed
+    forms raise past it; "auto" shares it among its candidates in order and keeps the best certified value).
     If an SDP solver fails, the next method (neuron -> layer -> product, nsr -> product) is used and
     ``details["fallbacks"]`` says so.
     """
@@ -310,8 +311,13 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
             continue  # neuron dominates layer
         if m == "lipsdp-nsr" and neuron_fits:
             continue  # on slope-restricted nets LipSDP-Neuron uses more information than the NSR chain
+        left = None if time_budget is None else t0 + float(time_budget) - time.perf_counter()
+        if left is not None and left <= 0 and any(math.isfinite(r.get("upper", math.inf)) for r in results.values()):
+            skipped[m] = f"time_budget={time_budget} s used by the earlier methods"
+            continue
         try:
-            out = _run(m, net, norm, solver, time_budget)
+            # product is the floor (always run whole, structured); the others get what is left of the budget
+            out = _run(m, net, norm, solver, None if m == "product" else left if left is None or left > 0 else 0.0)
         except (ImportError, AttributeError) as e:  # baselines module missing
             skipped[m] = f"unavailable: {e}"
             continue
