@@ -188,3 +188,20 @@ def test_torchscript_model_through_the_same_intake() -> None:
     for method in ("product", "lipsdp-neuron"):
         a = global_lipschitz(scripted, 2, method, input_shape=(5,)).upper
         assert a == pytest.approx(global_lipschitz(m, 2, method, input_shape=(5,)).upper, rel=1e-6)
+
+
+def test_unsupported_operator_errors_come_from_the_intake() -> None:
+    """An op the registry does not know gets the same error as in the local engine; a registered op that is not
+    affine or a global activation (Softplus has no global_kind) is named with the registry's list."""
+    import lipbound
+    from lipbound.errors import UnsupportedOperatorError
+
+    m = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1)).to(D).eval()
+    with pytest.raises(UnsupportedOperatorError) as local:
+        lipbound.local_lipschitz(m, torch.zeros(1, 3, dtype=D), eps=0.1)
+    with pytest.raises(UnsupportedOperatorError) as glob:
+        global_lipschitz(m, 2, "product", input_shape=(3,))
+    assert "GELU" in str(glob.value) and str(glob.value).split("(")[0] == str(local.value).split("(")[0]
+    sp = nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 1)).to(D).eval()
+    with pytest.raises(UnsupportedOperatorError, match=r"softplus.*global_kind.*Supported: .*Linear"):
+        global_lipschitz(sp, 2, "product", input_shape=(3,))

@@ -264,7 +264,7 @@ class AffineSegment:
             elif isinstance(op, Reshape):
                 v = 1.0
             elif isinstance(op, Gather):  # a 0/1 selection: ||S||_2 = sqrt(largest number of copies of one input)
-                v = math.sqrt(float(torch.bincount(op.index.reshape(-1).long()).max())) if op.index.numel() else 0.0
+                v = math.sqrt(float(op.fan_out))
             elif isinstance(op, WeightedSum) and len(n.inputs) == 1:
                 v = abs(op.coeffs[0])
             elif type(op).__name__ == "FeatureMix":
