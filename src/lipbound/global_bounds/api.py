@@ -101,13 +101,18 @@ def applicable(net: LayeredNetwork, norm: str) -> dict[str, str | None]:
     return out
 
 
-def lmi_rows(net: LayeredNetwork, method: str) -> int:
-    """Size of the largest/whole LMI the method solves (used to predict whether it fits the budget)."""
+def lmi_rows(net: LayeredNetwork, method: str, norm: str = "2") -> int:
+    """Size of the largest/whole LMI the method solves (used to predict whether it fits the budget).
+
+    LipSDP-NSR in l_inf keeps the input block ``diag(tau) - W_0^T T_1 W_0`` (``n_0`` rows, no SVD reduction)."""
     dims = net.dims
     if method in ("lipsdp-layer", "lipsdp-neuron"):
         return min(dims[0], dims[1]) + sum(dims[1:-1])
     if method == "lipsdp-nsr":
-        return max(2 * d if r else d for d, r in zip(dims[1:-1], net.residual, strict=True)) if net.depth else 0
+        if not net.depth:
+            return 0
+        rows = max(2 * d if r else d for d, r in zip(dims[1:-1], net.residual, strict=True))
+        return max(rows, dims[0]) if norm == "inf" else rows
     return 0
 
 
@@ -126,19 +131,38 @@ def _too_large(net: LayeredNetwork, m: str, norm: str = "2") -> str | None:
         if chain_cost(net) > MAX_CHAIN_COST:
             return f"chain cost {chain_cost(net):.2g} exceeds the budget ({MAX_CHAIN_COST:.2g})"
         return None
-    if m in SDP_METHODS and lmi_rows(net, m) > MAX_LMI_ROWS[m]:
-        return f"LMI of {lmi_rows(net, m)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
+    if m in SDP_METHODS and lmi_rows(net, m, norm) > MAX_LMI_ROWS[m]:
+        return f"LMI of {lmi_rows(net, m, norm)} rows exceeds the budget ({MAX_LMI_ROWS[m]})"
     return None
 
 
+#: methods whose numbers come from the dense segment matrices W_hat (their rounding is added afterwards);
+#: product and liplt bound the exact segments directly (structured norms plus their own rounding bounds)
+DENSE_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr")
+
+
 def _run(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
+    """Run ``method``; for the dense methods add :func:`~lipbound.global_bounds.baselines.dense_perturbation`
+    so that the value bounds the network with the exact (real) segment maps, not only the float64 matrices."""
+    out = _run_method(method, net, norm, solver, time_budget)
+    if method in DENSE_METHODS and math.isfinite(out.get("upper", math.inf)):
+        from lipbound.global_bounds.baselines import dense_perturbation
+
+        eta = dense_perturbation(net, norm)
+        if eta:
+            out["upper"] = float(out["upper"] + eta) * (1 + 2**-50)
+            out["rounding_margin"] = eta
+    return out
+
+
+def _run_method(method: str, net: LayeredNetwork, norm: str, solver: str | None, time_budget: float | None) -> dict:
     if method in ("product", "liplt", "eclipse-fast"):
         from lipbound.global_bounds import baselines
 
         fn = {
-            "product": lambda: baselines.product_bound(net, norm),
-            "liplt": lambda: baselines.liplt_bound(net, norm),
-            "eclipse-fast": lambda: baselines.eclipse_fast_bound(net),
+            "product": lambda: baselines.product_bound(net, norm, time_budget=time_budget),
+            "liplt": lambda: baselines.liplt_bound(net, norm, time_budget=time_budget),
+            "eclipse-fast": lambda: baselines.eclipse_fast_bound(net, time_budget=time_budget),
         }[method]
         res = fn()
         det = dict(getattr(res, "details", {}) or {})
@@ -175,7 +199,8 @@ def global_lipschitz(
     small LMIs, the solver-free first-order chain method on large or deep nets; ``details["solver"]`` says which),
     "first-order", "scs", "clarabel" or "mosek"; the same for "lipsdp-nsr" (default on plain l2 nets: SCS polished
     by the first-order chain method up to width 64 / depth 4, the first-order method beyond; residual or l_inf: SCS).
-    ``time_budget``: seconds per solver run (the first-order method stops there with a certified bound).
+    ``time_budget``: seconds for the call (the first-order method stops there with a certified bound; the closed
+    forms raise past it; "auto" shares it among its candidates in order and keeps the best certified value).
     If an SDP solver fails, the next method (neuron -> layer -> product, nsr -> product) is used and
     ``details["fallbacks"]`` says so.
     """
@@ -201,6 +226,13 @@ def global_lipschitz(
         raise UnsupportedOperatorError(method, "model", hint=ok[method])
     details: dict = {"fallbacks": []}
     current = method
+    refusal = _dense_refusal(net, method, norm)
+    if refusal is not None:  # a method that would need a dense matrix above the limit: routed, never allocated
+        nxt = ROUTE[method]
+        if nxt == "product" and ok["liplt"] is None:
+            nxt = "liplt"  # tighter, and structured too
+        details["fallbacks"].append(f"{refusal}; using {nxt}")
+        current = nxt
     while True:
         try:
             out = _run(current, net, norm, solver, time_budget)
@@ -218,6 +250,47 @@ def global_lipschitz(
     return GlobalResult(out["upper"], current, time.perf_counter() - t0, norm, details)
 
 
+#: where a method goes when the model is too large for its dense matrices
+ROUTE = {"eclipse-fast": "liplt", "lipsdp-neuron": "product", "lipsdp-layer": "product", "lipsdp-nsr": "product"}
+
+
+#: widest hidden layer an SDP method is run on (its chain / LMI blocks are dense width x width matrices)
+MAX_SDP_WIDTH = 4096
+#: LMI rows above which the SCS path of LipSDP-NSR (residual blocks, l_inf) is refused rather than started
+MAX_SCS_ROWS = 512
+
+
+def _dense_refusal(net: LayeredNetwork, method: str, norm: str = "2") -> str | None:
+    """Why ``method`` cannot run on ``net`` without a dense matrix above the size limit (``None`` if it can)."""
+    from lipbound.global_bounds import baselines, network
+
+    if method == "eclipse-fast":
+        return baselines.eclipse_width_error(net)
+    if method in SDP_METHODS:
+        width = max(net.dims[1:-1], default=0)
+        if width > MAX_SDP_WIDTH:
+            k = net.dims[1:-1].index(width)
+            return (
+                f"{method} needs dense {width} x {width} matrices for the hidden layer after {net.origins[k]!r} "
+                f"({width * width * 8 / 2**30:.1f} GiB each, limit width {MAX_SDP_WIDTH})"
+            )
+        scs = method == "lipsdp-nsr" and (any(net.residual) or norm == "inf")
+        rows = lmi_rows(net, method, norm)
+        if scs and rows > MAX_SCS_ROWS:
+            return (
+                f"{method} ({'residual' if any(net.residual) else 'l_inf'}) solves an LMI of {rows} rows with SCS "
+                f"(dense {rows} x {rows}: {rows * rows * 8 / 2**30:.2f} GiB; limit {MAX_SCS_ROWS} rows)"
+            )
+        limit = network.MAX_DENSE
+        for k, s in enumerate(net.segments):
+            if s.dense_size() > limit:
+                return (
+                    f"{method} needs the dense {s.n_out} x {s.n_in} matrix of layer {k} at {net.origins[k]!r} "
+                    f"({s.dense_size() * 8 / 2**30:.1f} GiB, limit {limit} entries)"
+                )
+    return None
+
+
 def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     order = ["product", "liplt", "eclipse-fast", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr"]
     results: dict[str, Any] = {}
@@ -225,16 +298,26 @@ def _auto(net, norm, ok, solver, time_budget, t0) -> GlobalResult:
     for m in order:
         if ok[m] is not None:
             continue
-        if _too_large(net, m, norm):
-            skipped[m] = _too_large(net, m, norm)
+        why = _dense_refusal(net, m, norm) or _too_large(net, m, norm)
+        if why:
+            skipped[m] = why
             continue
-        neuron_fits = ok["lipsdp-neuron"] is None and _too_large(net, "lipsdp-neuron") is None
+        neuron_fits = (
+            ok["lipsdp-neuron"] is None
+            and _too_large(net, "lipsdp-neuron") is None
+            and _dense_refusal(net, "lipsdp-neuron") is None
+        )
         if m == "lipsdp-layer" and neuron_fits:
             continue  # neuron dominates layer
         if m == "lipsdp-nsr" and neuron_fits:
             continue  # on slope-restricted nets LipSDP-Neuron uses more information than the NSR chain
+        left = None if time_budget is None else t0 + float(time_budget) - time.perf_counter()
+        if left is not None and left <= 0 and any(math.isfinite(r.get("upper", math.inf)) for r in results.values()):
+            skipped[m] = f"time_budget={time_budget} s used by the earlier methods"
+            continue
         try:
-            out = _run(m, net, norm, solver, time_budget)
+            # product is the floor (always run whole, structured); the others get what is left of the budget
+            out = _run(m, net, norm, solver, None if m == "product" else left if left is None or left > 0 else 0.0)
         except SOLVER_FAULTS as e:
             out = {"upper": math.inf, "status": f"error: {e}"}
         results[m] = out

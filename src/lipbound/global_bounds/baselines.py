@@ -34,8 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lipbound.errors import InvalidModelError, UnsupportedOperatorError
-from lipbound.linalg import _U, conv_operator_norm_upper, matrix_norm_upper, parse_norm
+from lipbound.errors import InvalidModelError, SolverError, UnsupportedOperatorError
+from lipbound.global_bounds.network import DenseSegment
+from lipbound.global_bounds.segments import frobenius_upper
+from lipbound.linalg import _U, matrix_norm_upper, parse_norm
 
 _BIG_GRAM = 2048  # smaller side above which a dense Gram iteration gets fewer iterations
 _MAX_PRODUCT_ENTRIES = 16_000_000  # dense products of weight chains larger than this are not formed
@@ -59,16 +61,10 @@ def _where(net, k: int) -> str:
 
 
 def layer_norm_upper(net, k: int, norm: int | str = 2) -> float:
-    """Certified ``||W_k||`` in l2 (conv-aware: a layer that is one convolution uses its operator-norm bound
-    for the given input shape, minimised with the dense Gram bound) or l_inf (exact max row l1 norm)."""
-    w = net.weights[k]
-    if parse_norm(norm) == "inf":
-        return matrix_norm_upper(w, "inf")
-    conv = net.convs[k] if k < len(net.convs) else None
-    if conv is not None:
-        return conv_operator_norm_upper(conv)
-    iters = 30 if min(w.shape) <= _BIG_GRAM else 12
-    return matrix_norm_upper(w, 2, max_iter=iters)
+    """Certified ``||W_k||`` of the exact segment in l2 or l_inf (:meth:`AffineSegment.norm_upper
+    <lipbound.global_bounds.segments.AffineSegment.norm_upper>`: a lone convolution by its operator-norm bound,
+    small segments by their dense matrix plus its rounding bound, large ones structured, never densified)."""
+    return float(net.segments[k].norm_upper(parse_norm(norm)))
 
 
 def activation_lipschitz(act, norm: int | str = 2, where: str = "") -> float:
@@ -91,24 +87,73 @@ def activation_lipschitz(act, norm: int | str = 2, where: str = "") -> float:
 
 
 def _check_weights(net) -> None:
-    if len(net.weights) != len(net.activations) + 1:
+    if len(net.segments) != len(net.activations) + 1:
         raise InvalidModelError(
-            f"layered network needs one more weight than activations, got {len(net.weights)} and {len(net.activations)}"
+            f"layered network needs one more weight than activations, got {len(net.segments)} and "
+            f"{len(net.activations)}"
         )
-    for k, w in enumerate(net.weights):
-        if not torch.isfinite(w).all():
+    for k, seg in enumerate(net.segments):
+        if isinstance(seg, DenseSegment) and not torch.isfinite(seg.w).all():
             raise InvalidModelError(f"non-finite weights in {_where(net, k)!r}")
+
+
+def _deadline(time_budget: float | None) -> float:
+    return math.inf if time_budget is None else time.perf_counter() + float(time_budget)
+
+
+def _check_time(deadline: float, method: str, time_budget: float | None, what: str) -> None:
+    if time.perf_counter() > deadline:
+        raise SolverError(f"{method} exceeded time_budget={time_budget} s ({what})")
+
+
+# ------------------------------------------------------------------------------------- rounding of dense weights
+
+
+def dense_perturbation(net, norm: int | str = 2) -> float:
+    """A bound ``eta`` such that ``L(exact weights) <= L_method(W_hat) + eta`` for every method run on the dense
+    matrices ``W_hat_k`` (``|W_hat_k - W_k| <= E_k`` entrywise, :meth:`AffineSegment.dense`).
+
+    Every method bounds ``||F_L ... F_0||`` over all Jacobians of its activation class (``F_k = D_k W_k``,
+    ``I + D_k W_k`` for a residual block, ``F_L = W_L``; ``D_k`` a slope-restricted diagonal, a permutation or a
+    reflection, ``||D_k|| <= a_k``), so it bounds them for ``W_hat`` too. With ``F_k = F_hat_k + G_k``,
+    ``||F_hat_k|| <= n_k`` and ``||G_k|| <= a_k ||E_k|| = g_k``, expanding the product gives
+    ``||prod F_k|| <= ||prod F_hat_k|| + prod (n_k + g_k) - prod n_k`` (each term with at least one ``G``
+    bounded by norms); ``||E_k||`` is ``||E_k||_F`` (l2) or its largest row sum (l_inf). Zero when every
+    segment is exact (hand-given weights)."""
+    nrm = parse_norm(norm)
+    if not any(getattr(s, "rel", 0.0) for s in net.segments):
+        return 0.0
+    lips = [activation_lipschitz(a, nrm, _where(net, k)) for k, a in enumerate(net.activations)] + [1.0]
+    base, wide = 1.0, 1.0
+    for k, seg in enumerate(net.segments):
+        _w, e = seg.dense()
+        n_w = layer_norm_upper(net, k, nrm)
+        err = float(e.sum(dim=1).max()) if nrm == "inf" and e.numel() else frobenius_upper(e) if nrm == "2" else 0.0
+        err *= 1 + 8 * _U
+        n_k, g_k = lips[k] * n_w, lips[k] * err
+        if k < len(net.activations) and net.residual[k]:
+            n_k += 1.0
+        base *= n_k
+        wide *= n_k + g_k
+    return max(wide * (1 + 16 * _U) ** len(net.segments) - base * (1 - 16 * _U) ** len(net.segments), 0.0)
 
 
 # -------------------------------------------------------------------------------------------------- product
 
 
-def product_bound(net, norm: int | str = 2) -> BoundResult:
-    """``prod_k a_k ||W_k||`` with certified layer norms (residual blocks ``1 + a_k ||W_k||``)."""
+def product_bound(net, norm: int | str = 2, time_budget: float | None = None) -> BoundResult:
+    """``prod_k a_k ||W_k||`` with certified layer norms (residual blocks ``1 + a_k ||W_k||``).
+
+    ``time_budget``: seconds; exceeding it between layers raises :class:`SolverError` (no partial product is a
+    bound)."""
     t0 = time.perf_counter()
+    deadline = _deadline(time_budget)
     nrm = parse_norm(norm)
     _check_weights(net)
-    norms = [layer_norm_upper(net, k, nrm) for k in range(len(net.weights))]
+    norms = []
+    for k in range(len(net.segments)):
+        _check_time(deadline, "product", time_budget, f"before layer {k}")
+        norms.append(layer_norm_upper(net, k, nrm))
     lips = [activation_lipschitz(a, nrm, _where(net, k)) for k, a in enumerate(net.activations)]
     up = 1.0 + 4 * _U
     bound = norms[-1]
@@ -140,32 +185,69 @@ def _slopes(net, method: str) -> list[tuple[float, float]]:
     return out
 
 
-def segment_norms(net, norm: int | str = 2, dense_limit: int = _BIG_GRAM) -> dict[tuple[int, int], float]:
-    """Certified ``||W_b W_{b-1} ... W_a||`` for all ``a <= b``: the dense product's certified norm when it is
-    affordable (l2: smaller side ``<= dense_limit``), minimised over all splits ``||W_b..W_{k+1}|| ||W_k..W_a||``."""
+def chain_product(net, a: int, b: int, limit: int = _MAX_PRODUCT_ENTRIES) -> tuple[Tensor, Tensor] | None:
+    """``(P_hat, E)`` with ``P = W_b ... W_a`` (dense ``(n_out_b, n_in_a)``) and ``|P_hat - P| <= E`` entrywise, or
+    ``None`` if it or an intermediate would exceed ``limit`` entries.
+
+    Formed from its smaller end without densifying any segment: the identity on the input side pushed through the
+    segments' ``apply`` (or on the output side through ``apply_t``, giving ``P^T``). Rounding: each segment's
+    computed image of an inexact input is within ``rel_k`` (its relative bound) of the absolute chain, so
+    ``|P_hat - P| <= (prod_k (1 + rel_k) - 1) |A_b| ... |A_a|`` (the absolute chain, evaluated alongside)."""
+    segs = net.segments[a : b + 1]
+    rows, cols = segs[-1].n_out, segs[0].n_in
+    inner = max(s.n_out for s in segs)
+    side = min(rows, cols)
+    if rows * cols > limit or side * inner > limit:
+        return None
+    rel = 1.0
+    for s in segs:
+        rel *= 1 + max(float(getattr(s, "rel", 0.0)), _gamma_apply(s))
+    rel = (rel - 1) * (1 + 16 * _U) + 16 * len(segs) * _U
+    with torch.no_grad():
+        if cols <= rows:
+            x = torch.eye(cols, dtype=torch.float64)
+            q = x
+            for s in segs:
+                x, q = s.apply(x), s.abs_apply(q)
+            return x.T.contiguous(), (q.T * rel).contiguous()
+        y = torch.eye(rows, dtype=torch.float64)
+        q = y
+        for s in reversed(segs):
+            y, q = s.apply_t(y), s.abs_apply_t(q)
+        return y, q * rel
+
+
+def _gamma_apply(s) -> float:
+    """Rounding of one application of segment ``s`` (a dense given matrix: ``gamma_n``, ``n`` its larger side)."""
+    n = max(int(s.n_in), int(s.n_out)) + 2
+    return n * _U / (1 - n * _U)
+
+
+def segment_norms(
+    net, norm: int | str = 2, dense_limit: int = _BIG_GRAM, deadline: float = math.inf
+) -> dict[tuple[int, int], float]:
+    """Certified ``||W_b W_{b-1} ... W_a||`` for all ``a <= b``: the dense product's certified norm plus its
+    rounding bound when it is affordable (:func:`chain_product`; l2: smaller side ``<= dense_limit``), minimised
+    over all splits ``||W_b..W_{k+1}|| ||W_k..W_a||``. Past ``deadline`` only splits are used (still certified)."""
     nrm = parse_norm(norm)
-    n_w = len(net.weights)
+    n_w = len(net.segments)
     seg: dict[tuple[int, int], float] = {}
     for a in range(n_w):
         seg[(a, a)] = layer_norm_upper(net, a, nrm)
     for a in range(n_w):
-        prod = net.weights[a].to(torch.float64)
-        err = 0.0  # bound of ||computed product - exact product|| in the target norm
         for b in range(a + 1, n_w):
-            w = net.weights[b].to(torch.float64)
-            if w.shape[0] * prod.shape[1] > _MAX_PRODUCT_ENTRIES:
+            if time.perf_counter() > deadline:
                 break
-            gamma = 2 * (w.shape[1] + 2) * _U  # |fl(AB) - AB| <= gamma |A||B|
+            if nrm == "2" and min(net.segments[b].n_out, net.segments[a].n_in) > dense_limit:
+                continue
+            pe = chain_product(net, a, b)
+            if pe is None:
+                break
+            p, e = pe
             if nrm == "inf":
-                err = gamma * seg[(b, b)] * matrix_norm_upper(prod, "inf") + seg[(b, b)] * err
+                seg[(a, b)] = (matrix_norm_upper(p, "inf") + float(e.sum(dim=1).max())) * (1 + 4 * _U)
             else:
-                fresh = gamma * float(torch.linalg.matrix_norm(w, "fro") * torch.linalg.matrix_norm(prod, "fro"))
-                err = (fresh + seg[(b, b)] * err) * (1 + 8 * _U)
-            prod = w @ prod
-            if nrm == "inf":
-                seg[(a, b)] = (matrix_norm_upper(prod, "inf") + err) * (1 + 4 * _U)
-            elif min(prod.shape) <= dense_limit:
-                seg[(a, b)] = (matrix_norm_upper(prod, 2) + err) * (1 + 4 * _U)
+                seg[(a, b)] = (matrix_norm_upper(p, 2) + frobenius_upper(e)) * (1 + 4 * _U)
     for length in range(1, n_w):
         for a in range(n_w - length):
             b = a + length
@@ -174,18 +256,27 @@ def segment_norms(net, norm: int | str = 2, dense_limit: int = _BIG_GRAM) -> dic
     return seg
 
 
-def liplt_bound(net, norm: int | str = 2, dense_limit: int = _BIG_GRAM) -> BoundResult:
-    """LipLT recursion (module docstring) for slope-restricted activations, l2 or l_inf."""
+def liplt_bound(
+    net, norm: int | str = 2, dense_limit: int = _BIG_GRAM, time_budget: float | None = None
+) -> BoundResult:
+    """LipLT recursion (module docstring) for slope-restricted activations, l2 or l_inf.
+
+    ``time_budget``: products of weight chains are formed while at most half of it is used (after that the
+    certified splits ``||A B|| <= ||A|| ||B||``); a layer norm that cannot be computed in it raises
+    :class:`SolverError`."""
     t0 = time.perf_counter()
+    deadline = _deadline(time_budget)
+    half = _deadline(None if time_budget is None else time_budget / 2)
     nrm = parse_norm(norm)
     _check_weights(net)
     slopes = _slopes(net, "liplt")
     c = [abs(a + b) / 2 for a, b in slopes]
     h = [(b - a) / 2 for a, b in slopes]
-    seg = segment_norms(net, nrm, dense_limit)
+    seg = segment_norms(net, nrm, dense_limit, half)
+    _check_time(deadline, "liplt", time_budget, "layer norms")
     up = 1.0 + 8 * _U
     m = [seg[(0, 0)]]
-    for i in range(1, len(net.weights)):
+    for i in range(1, len(net.segments)):
         total = 0.0
         coef = 1.0  # prod_{l=i-j}^{i-1} |c_l|
         for j in range(i):
@@ -199,7 +290,7 @@ def liplt_bound(net, norm: int | str = 2, dense_limit: int = _BIG_GRAM) -> Bound
         {
             "norm": nrm,
             "m": m,
-            "product": math.prod(seg[(k, k)] for k in range(len(net.weights))),
+            "product": math.prod(seg[(k, k)] for k in range(len(net.segments))),
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -241,9 +332,27 @@ def _next_x(k_mat: Tensor, cond_prev: float, n_contract: int) -> tuple[Tensor, f
     raise InvalidModelError("eclipse-fast: could not keep X positive definite (ill-conditioned weights)")
 
 
-def eclipse_fast_bound(net, max_dim: int = 4096) -> BoundResult:
-    """ECLipsE-Fast (module docstring): l2, slope-restricted activations with slopes in ``[0, beta]``."""
+def eclipse_width_error(net, max_dim: int = 4096) -> str | None:
+    """Why ECLipsE-Fast cannot run on ``net`` (a hidden width above ``max_dim`` needs dense width^2 matrices)."""
+    dims = [int(s.n_out) for s in net.segments[:-1]]
+    if max(dims, default=0) > max_dim:
+        k = max(range(len(dims)), key=lambda i: dims[i])
+        n = dims[k]
+        return (
+            f"eclipse-fast: hidden width {n} after {_where(net, k)!r} needs dense {n} x {n} float64 matrices "
+            f"({3 * n * n * 8 / 2**30:.1f} GiB for X, K and a Cholesky factor; max_dim={max_dim})"
+        )
+    return None
+
+
+def eclipse_fast_bound(net, max_dim: int = 4096, time_budget: float | None = None) -> BoundResult:
+    """ECLipsE-Fast (module docstring): l2, slope-restricted activations with slopes in ``[0, beta]``.
+
+    Runs on the dense matrices (the rounding of intake-built ones is added by :func:`dense_perturbation` in
+    :func:`~lipbound.global_bounds.api.global_lipschitz`). A width above ``max_dim`` is refused before
+    allocation (:func:`eclipse_width_error`)."""
     t0 = time.perf_counter()
+    deadline = _deadline(time_budget)
     _check_weights(net)
     slopes = _slopes(net, "eclipse-fast")
     for k, (a, _b) in enumerate(slopes):
@@ -251,16 +360,15 @@ def eclipse_fast_bound(net, max_dim: int = 4096) -> BoundResult:
             raise UnsupportedOperatorError(
                 net.activations[k].kind, _where(net, k), hint="eclipse-fast needs slopes in [0, beta]"
             )
-    dims = [int(net.weights[0].shape[1])] + [int(w.shape[0]) for w in net.weights]
-    if max(dims[1:-1], default=0) > max_dim:
-        raise InvalidModelError(
-            f"eclipse-fast: hidden width {max(dims[1:-1])} exceeds max_dim={max_dim} (dense {max_dim}^2 matrices)"
-        )
+    why = eclipse_width_error(net, max_dim)
+    if why is not None:
+        raise InvalidModelError(why)
     w = [x.to(torch.float64) for x in net.weights]
     ls: list[float] = []
     chol = None  # Cholesky factor of X (None: X = I)
     cond = 1.0  # bound of cond(X): 1 for X = I, then 4 (checked in _next_x)
     for i, (_a, beta) in enumerate(slopes):
+        _check_time(deadline, "eclipse-fast", time_budget, f"layer {i}")
         y = w[i].T if chol is None else torch.linalg.solve_triangular(chol, w[i].T, upper=False)
         k_mat = (beta / 2) ** 2 * (y.T @ y)
         k_mat = (k_mat + k_mat.T) / 2

@@ -33,8 +33,6 @@ from lipbound.errors import InvalidInputError, UnsupportedOperatorError
 from lipbound.global_bounds.certify import certified_product, certified_sqrt, is_psd_certified, solve_problem
 from lipbound.global_bounds.network import LayeredNetwork
 
-HOMOGENEOUS = ("relu", "leaky_relu", "identity")
-
 
 @dataclass
 class Prepared:
@@ -252,7 +250,7 @@ def lipsdp_bound(net: LayeredNetwork, variant: str = "neuron", solver: str | Non
     name = (solver or "auto").lower()
     if name not in SOLVER_CHOICES:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of {SOLVER_CHOICES}")
-    homog = [a.kind in HOMOGENEOUS for a in net.activations]
+    homog = [bool(a.homogeneous) for a in net.activations]  # the op traits
     prep = prepare(net, homog, prune=True)
     Ws = prep.weights
     if any(w.size == 0 for w in Ws):

@@ -28,10 +28,11 @@ free scale of the chain in ``2 rho = s c sum(tau) + q / s``).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
-from lipbound.errors import InvalidInputError, UnsupportedOperatorError
+from lipbound.errors import InvalidInputError, SolverError, UnsupportedOperatorError
 from lipbound.global_bounds.certify import (
     certified_product,
     certified_sqrt,
@@ -45,8 +46,6 @@ from lipbound.global_bounds.certify import positive_definite_multiplier as _pd
 from lipbound.global_bounds.certify import sandwich_upper as _sandwich
 from lipbound.global_bounds.lipsdp import prepare
 from lipbound.global_bounds.network import Activation, LayeredNetwork, group_index
-
-HOMOGENEOUS = ("relu", "leaky_relu", "identity", "maxmin", "groupsort", "householder")
 
 
 def multiplier_structure(act: Activation, n: int) -> tuple[np.ndarray, bool, float]:
@@ -136,10 +135,11 @@ def check_nsr(net: LayeredNetwork, norm: str) -> None:
     if norm not in ("2", "inf"):
         raise InvalidInputError(f"norm must be 2 or 'inf', got {norm!r}")
     for k, a in enumerate(net.activations):
-        n = net.weights[k].shape[0]
+        n = net.segments[k].n_out  # shapes from the structured segment: no dense matrix for a check
         multiplier_structure(a, n)
-        if net.residual[k] and net.weights[k].shape[0] != net.weights[k].shape[1]:
-            raise InvalidInputError(f"residual block {k} needs a square weight, got {tuple(net.weights[k].shape)}")
+        seg = net.segments[k]
+        if net.residual[k] and seg.n_out != seg.n_in:
+            raise InvalidInputError(f"residual block {k} needs a square weight, got {(seg.n_out, seg.n_in)}")
 
 
 def build_problem(Ws, structs, residual: list[bool], norm: str, w: np.ndarray | None = None):
@@ -207,7 +207,7 @@ def nsr_bound(net: LayeredNetwork, norm: str = "2", solver: str | None = None, t
     "mosek". ``details["solver"]`` says which ran; the reported bound is always the float64-certified one.
     """
     check_nsr(net, norm)
-    homog = [a.kind in HOMOGENEOUS for a in net.activations]
+    homog = [bool(a.homogeneous) for a in net.activations]  # the op traits
     prep = prepare(net, homog, reduce=norm == "2", residual=net.residual)
     Ws = prep.weights
     if net.depth == 0:
@@ -244,10 +244,15 @@ def nsr_bound(net: LayeredNetwork, norm: str = "2", solver: str | None = None, t
         return {"upper": upper, **info, "raw_solver_value": raw, "certified_rho": rho_c, "certified": True}
     # l_inf: one scalar problem per output row
     rows, infos, raws = [], [], []
-    for i in range(Ws[-1].shape[0]):
+    n_out = Ws[-1].shape[0]
+    deadline = None if time_budget is None else time.perf_counter() + float(time_budget)
+    for i in range(n_out):
         w = Ws[-1][i]
+        left = None if deadline is None else (deadline - time.perf_counter()) / (n_out - i)
+        if left is not None and left <= 0:  # one SCS problem per output row: the budget is for all of them
+            raise SolverError(f"lipsdp-nsr (l_inf) exceeded time_budget={time_budget} s after {i} of {n_out} rows")
         prob, rho, params = build_problem(Ws, structs, net.residual, "inf", w)
-        info = solve_problem(prob, solver, time_budget)
+        info = solve_problem(prob, solver, left)
         rows.append(_certify_inf(Ws, structs, net.residual, params, w))
         infos.append(info["status"])
         raws.append(float(rho.value) * prep.scale if rho.value is not None else math.nan)

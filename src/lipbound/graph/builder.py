@@ -22,6 +22,8 @@ class GraphBuilder:
         self._names: set[str] = set()
         self.input = self._push(input_name, InputOp(), (), example, "input")
         self.origin = ""  # set by the tracer: module path of the call being converted
+        #: composite operators lowered into several nodes (see :meth:`composite`)
+        self.composites: list[dict] = []
 
     def _unique(self, name: str) -> str:
         base, k = name.replace(".", "_") or "v", 1
@@ -48,6 +50,25 @@ class GraphBuilder:
             raise InvalidModelError(f"{op.describe()} at {self.origin!r} failed on the example input: {e}") from e
         return self._push(name or op.name, op, inputs, value, self.origin)
 
+    def composite(self, module, x: Node, out: Node, start: int, kind: str, group_size: int = 2) -> None:
+        """Record that the nodes from index ``start`` up to ``out`` are the lowering of one ``module`` applied to
+        ``x`` (MaxMin, GroupSort, Householder): analyses that know the operator whole (global bounds) read it from
+        ``graph.meta["composites"]``, the local engine uses the lowered body. ``kind``: "maxmin", "groupsort" or
+        "householder"; ``group_size``: features per group (on the first per-sample dimension)."""
+        if out is not x:
+            inner = [n.name for n in self.nodes[start:]]
+            self.composites.append(
+                {
+                    "input": x.name,
+                    "output": out.name,
+                    "inner": inner,
+                    "module": module,
+                    "kind": kind,
+                    "group_size": int(group_size),
+                    "grouping": getattr(module, "grouping", "consecutive"),
+                }
+            )
+
     def const(self, value: Tensor, name: str = "const") -> Node:
         """A constant leaf (``value`` has a batch dimension of 1 and is broadcast over the batch)."""
         return self._push(name, ConstOp(value), (), value, self.origin)
@@ -61,4 +82,9 @@ class GraphBuilder:
             if id(n) in keep:
                 keep.update(id(i) for i in n.inputs)
         nodes = [n for n in self.nodes if id(n) in keep or n is self.input]
-        return Graph(nodes, self.input, output, meta or {})
+        meta = dict(meta or {})
+        names = {n.name for n in nodes}
+        comps = [c for c in self.composites if c["output"] in names]
+        if comps:
+            meta["composites"] = comps
+        return Graph(nodes, self.input, output, meta)

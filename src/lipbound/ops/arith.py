@@ -179,7 +179,10 @@ def _div(builder, module, args, kwargs):
     c = _const(d)
     if c is None:
         raise UnsupportedOperatorError(f"div by {type(d).__name__}", builder.origin)
-    return scale_node(builder, args[0], 1.0 / c)
+    out = scale_node(builder, args[0], 1.0 / c)
+    if isinstance(out, Node) and isinstance(out.op, Affine):  # 1 / c is rounded once (global bounds widen by it)
+        out.op.rel_error = float(torch.finfo(out.op.scale.dtype).eps if out.op.scale.is_floating_point() else 0.0)
+    return out
 
 
 @REGISTRY.function(operator.neg, torch.neg, name="Scale by constant")

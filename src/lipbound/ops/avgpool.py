@@ -42,7 +42,10 @@ def avgpool_node(
     div = divisor_override or k[0] * k[1]
     value = builder.value(x)
     w = torch.full((c, 1, *k), 1.0 / div, dtype=value.dtype, device=value.device)
-    return make_conv(builder, x, w, None, s, p, 1, c)
+    out = make_conv(builder, x, w, None, s, p, 1, c)
+    if div & (div - 1):  # 1 / div is rounded unless div is a power of two: the exact map is (1 + d) times this one
+        out.op.rel_error = float(torch.finfo(value.dtype).eps)
+    return out
 
 
 @REGISTRY.module(nn.AvgPool2d, name="AvgPool2d")

@@ -44,4 +44,9 @@ def _convert(builder, m: Householder, args, kwargs):
     proj = builder.add(FeatureMix(d, nd), [x], name="hh_proj")
     r = builder.add(ReLU(), [proj], name="hh_relu")
     spread = builder.add(FeatureMix(n, nd), [r], name="hh_spread")
-    return builder.add(WeightedSum([1.0, 1.0]), [x, spread], name="hh_out")
+    out = builder.add(WeightedSum([1.0, 1.0]), [x, spread], name="hh_out")
+    if hasattr(builder, "composite"):
+        builder.composite(
+            m, x, out, len(builder.nodes) - 4, "householder"
+        )  # kept whole for global bounds (one activation)
+    return out

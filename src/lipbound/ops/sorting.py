@@ -75,6 +75,10 @@ def _convert(builder, m: GroupSort, args, kwargs):
     x = args[0]
     if not x.shape:
         raise ShapeMismatchError(f"{type(m).__name__} at {builder.origin!r} needs a feature dimension")
+    x0, start = x, len(builder.nodes)
     for pairs in m.pairs_schedule(x.shape[0]):
         x = compare_exchange(builder, x, pairs)
+    if hasattr(builder, "composite"):
+        kind = "maxmin" if m.group_size == 2 else "groupsort"
+        builder.composite(m, x0, x, start, kind, m.group_size)  # kept whole for global bounds (one activation)
     return x
