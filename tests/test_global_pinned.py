@@ -103,10 +103,10 @@ def test_dense_refusal_message_in_process() -> None:
     """Segments stay structured in the intake; a dense matrix above MAX_DENSE is refused on first use, with its
     size, and a method that needs it is routed to one that does not (details["fallbacks"] says why)."""
     m = _mk(lambda: [nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 16 * 16, 2)])
-    import lipbound.global_bounds.network as network
+    from lipbound.global_bounds import segments
 
-    old = network.MAX_DENSE
-    network.MAX_DENSE = 256 * 511  # the conv's dense matrix (512 x 256) does not fit
+    old = segments.MAX_DENSE
+    segments.MAX_DENSE = 256 * 511  # the conv's dense matrix (512 x 256) does not fit
     try:
         net = extract(m, (1, 16, 16))  # no dense matrix is formed here
         with pytest.raises(InvalidModelError, match="dense 512 x 256"):
@@ -115,5 +115,5 @@ def test_dense_refusal_message_in_process() -> None:
         assert r.method == "liplt" and "dense 512 x 256" in r.details["fallbacks"][0]
         assert "GiB" in r.details["fallbacks"][0]
     finally:
-        network.MAX_DENSE = old
+        segments.MAX_DENSE = old
     assert r.upper == pytest.approx(global_lipschitz(m, 2, "liplt", input_shape=(1, 16, 16)).upper, rel=1e-12)

@@ -262,7 +262,7 @@ MAX_SCS_ROWS = 512
 
 def _dense_refusal(net: LayeredNetwork, method: str, norm: str = "2") -> str | None:
     """Why ``method`` cannot run on ``net`` without a dense matrix above the size limit (``None`` if it can)."""
-    from lipbound.global_bounds import baselines, network
+    from lipbound.global_bounds import baselines, segments
 
     if method == "eclipse-fast":
         return baselines.eclipse_width_error(net)
@@ -281,7 +281,7 @@ def _dense_refusal(net: LayeredNetwork, method: str, norm: str = "2") -> str | N
                 f"{method} ({'residual' if any(net.residual) else 'l_inf'}) solves an LMI of {rows} rows with SCS "
                 f"(dense {rows} x {rows}: {rows * rows * 8 / 2**30:.2f} GiB; limit {MAX_SCS_ROWS} rows)"
             )
-        limit = network.MAX_DENSE
+        limit = segments.MAX_DENSE
         for k, s in enumerate(net.segments):
             if s.dense_size() > limit:
                 return (

@@ -35,9 +35,6 @@ from lipbound.global_bounds import segments as _segments
 from lipbound.global_bounds.segments import AffineSegment, frobenius_upper
 from lipbound.linalg import conv_operator_norm_upper, matrix_norm_upper
 
-#: entries of one dense weight matrix above which it is refused (patchable; see segments.refuse_dense)
-MAX_DENSE = 200_000_000
-
 #: activation kinds (traits' ``global_kind``) that are positively homogeneous, for hand-built :class:`Activation`
 #: objects that carry no op (intake-built ones take ``homogeneous`` from the op's traits)
 _HOMOGENEOUS_FALLBACK = ("relu", "leaky_relu", "identity", "maxmin", "groupsort", "householder")
@@ -53,11 +50,13 @@ def supported() -> list[str]:
 def __getattr__(name: str) -> Any:
     if name == "SUPPORTED":  # the former hand-written list: now the registry's
         return supported()
+    if name == "MAX_DENSE":  # the dense-size limit lives in (and is patched in) lipbound.global_bounds.segments
+        return _segments.MAX_DENSE
     raise AttributeError(name)
 
 
 def _refuse_dense(rows: int, cols: int, dtype: torch.dtype, where: str) -> None:
-    """Refuse, before allocating it, a dense (rows x cols) matrix above :data:`MAX_DENSE` entries."""
+    """Refuse, before allocating it, a dense (rows x cols) matrix above ``segments.MAX_DENSE`` entries."""
     _segments.refuse_dense(rows, cols, where, dtype)
 
 
