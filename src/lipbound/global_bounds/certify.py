@@ -146,3 +146,34 @@ def solve_problem(prob, solver: str | None = None, time_budget: float | None = N
     except (cp.SolverError, ArithmeticError, ValueError) as e:
         status = f"error: {type(e).__name__}: {e}"
     return {"solver": name, "status": status, "solve_seconds": time.perf_counter() - t0}
+
+
+def _gamma(n: int) -> float:
+    return n * U / (1 - n * U)
+
+
+def dominating_factor(W: np.ndarray, rel: float = 1e-9) -> np.ndarray | None:
+    """A square ``R`` (``m x m``, ``W`` is ``m x n``) with ``R R^T >= W W^T`` PROVEN (real arithmetic), or ``None``.
+
+    Then ``W = R C`` with ``||C||_2 <= 1`` (Douglas' lemma), so a network reading its input only through ``W x``
+    has an l2 Lipschitz constant at most that of the same network with ``R`` in place of ``W``: the input
+    dimension drops from ``n`` to ``m`` without the rounding of an SVD entering the bound. ``R`` is the Cholesky
+    factor of ``fl(W W^T) + tau I`` with ``tau = rel * ||W||_F^2`` (a relative inflation of about ``rel / 2`` in
+    the norms), and ``R R^T - W W^T >= 0`` is checked by a shifted Cholesky after subtracting an upper bound of
+    the Frobenius norm of the rounding made in forming both Gram matrices (``gamma_k |A| |A|^T`` entrywise).
+    """
+    m, n = W.shape
+    if m == 0:
+        return np.zeros((0, 0))
+    W = np.asarray(W, dtype=np.float64)
+    G = W @ W.T
+    tau = rel * float(np.sum(W * W)) + TINY
+    try:
+        R = np.linalg.cholesky(0.5 * (G + G.T) + tau * np.eye(m))
+    except np.linalg.LinAlgError:
+        return None
+    aW, aR = np.abs(W), np.abs(R)
+    err = _gamma(n + 2) * (aW @ aW.T) + _gamma(m + 2) * (aR @ aR.T)  # |fl(W W^T) - W W^T| + |fl(R R^T) - R R^T|
+    D = R @ R.T - G
+    shift = float(np.linalg.norm(err)) * (1 + _gamma(m * m + 2)) + _gamma(3) * float(np.abs(D).max()) * m
+    return R if is_psd_certified(D - shift * np.eye(m)) else None

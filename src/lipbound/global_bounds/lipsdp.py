@@ -14,8 +14,10 @@ With ``T_k = diag(lambda_k)`` (Neuron, ``lambda_k >= 0`` per neuron) or
 is PSD only if ``||f(x) - f(y)||^2 <= rho ||x - y||^2`` (S-procedure on the slope QCs), so ``L2 <= sqrt(rho)``.
 LipSDP-Network (couplings between neurons) is deliberately not offered: it is invalid for repeated ReLU.
 
-Exact reductions applied before solving: the first layer ``W_0`` (n_1 x n_0, n_0 > n_1) is replaced by ``W_0 V``
-(thin SVD, ``V`` with orthonormal columns), the last by ``Sigma V^T`` if it has more rows than columns; layers are
+Reductions applied before solving: the first layer ``W_0`` (n_1 x n_0, n_0 > n_1) is replaced by a square ``R``
+with ``R R^T >= W_0 W_0^T`` proven in float64 (then ``W_0 = R C`` with ``||C|| <= 1``: the bound still holds for
+the real weights; an SVD's ``W_0 V`` is only equal up to its rounding), the last (more rows than columns) by ``R^T``
+with ``R R^T >= W_L^T W_L`` (:func:`~lipbound.global_bounds.certify.dominating_factor`); layers are
 divided by powers of two (exact in floating point) to unit-order norm: the first and last always (any network),
 inner layers only across positively homogeneous activations (ReLU, LeakyReLU, identity). The certified bound is
 ``sqrt(rho_cert) * prod(scales)``.
@@ -30,7 +32,13 @@ import numpy as np
 import scipy.linalg as sla
 
 from lipbound.errors import InvalidInputError, UnsupportedOperatorError
-from lipbound.global_bounds.certify import certified_product, certified_sqrt, is_psd_certified, solve_problem
+from lipbound.global_bounds.certify import (
+    certified_product,
+    certified_sqrt,
+    dominating_factor,
+    is_psd_certified,
+    solve_problem,
+)
 from lipbound.global_bounds.network import LayeredNetwork
 
 
@@ -66,11 +74,13 @@ def prepare(
     if prune:
         Ws = prune_constant_neurons(Ws)
     if reduce and residual[:1] != [True] and Ws[0].shape[1] > Ws[0].shape[0]:
-        _, _, vt = np.linalg.svd(Ws[0], full_matrices=False)
-        Ws[0] = Ws[0] @ vt.T  # (n1, n1): same Gram matrix W_0 W_0^T, exact for l2
+        R = dominating_factor(Ws[0])  # (n1, n1) with R R^T >= W_0 W_0^T proven: W_0 = R C, ||C|| <= 1
+        if R is not None:
+            Ws[0] = R
     if reduce and Ws[-1].shape[0] > Ws[-1].shape[1]:
-        _, s, vt = np.linalg.svd(Ws[-1], full_matrices=False)
-        Ws[-1] = s[:, None] * vt  # same W_L^T W_L
+        R = dominating_factor(Ws[-1].T)  # R R^T >= W_L^T W_L: ||W_L z|| <= ||R^T z|| for every z
+        if R is not None:
+            Ws[-1] = R.T
     scales: list[float] = []
     L = len(Ws) - 1
     for k, w in enumerate(Ws):
