@@ -259,3 +259,30 @@ def test_onnx_gelu_node(approximate):
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     want = F.gelu(x @ torch.from_numpy(w), approximate=approximate)
     torch.testing.assert_close(graph(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU()], ids=["gelu", "gelu_tanh", "silu"])
+def test_global_bounds_through_traits(act):
+    """Global methods read GELU/SiLU from their traits (slope range over R, which contains negative slopes):
+    above the exact constant of a one-neuron net (|w1 w2| max |g'|), above sampled Jacobian norms of an MLP, and
+    LipSDP-Neuron below the product of norms."""
+    import lipbound
+
+    one = nn.Sequential(nn.Linear(1, 1, bias=False), act, nn.Linear(1, 1, bias=False)).double().eval()
+    with torch.no_grad():
+        one[0].weight.fill_(1.5)
+        one[2].weight.fill_(-2.0)
+    z = torch.linspace(-8, 8, 200001, dtype=torch.float64, requires_grad=True)
+    (dg,) = torch.autograd.grad(act(z).sum(), z)
+    exact = 3.0 * float(dg.abs().max())
+    for method in ("product", "lipsdp-layer", "lipsdp-neuron", "lipsdp-nsr"):
+        assert lipbound.global_lipschitz(one, 2, method).upper >= exact * (1 - 1e-9), method
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 16), act, nn.Linear(16, 16), act, nn.Linear(16, 3)).double().eval()
+    x = torch.randn(2000, 5, dtype=torch.float64) * 3
+    J = torch.func.vmap(torch.func.jacrev(m))(x)
+    sampled = float(torch.linalg.matrix_norm(J, ord=2).max())
+    prod = lipbound.global_lipschitz(m, 2, "product").upper
+    sdp = lipbound.global_lipschitz(m, 2, "lipsdp-neuron")
+    assert sdp.method == "lipsdp-neuron" and sampled <= sdp.upper <= prod
+    assert lipbound.global_lipschitz(m, "inf", "auto").upper >= float(J.abs().sum(-1).max())

@@ -112,7 +112,7 @@ class _SmoothUnimodal(ElementwiseOp):
         raise NotImplementedError
 
     def traits(self) -> Traits:
-        return Traits(slope=(self.DMIN, self.DMAX), smooth=True)
+        return Traits(slope=(self.DMIN, self.DMAX), smooth=True, global_kind=self.name)
 
     def interval(self, b: Bounds) -> Bounds:
         l, u = b
