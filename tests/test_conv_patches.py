@@ -1,0 +1,128 @@
+"""Windowed (patch) coefficients through convolutions equal the dense reference: the window rules against torch's
+own convolutions, and whole bounds / Jacobian bounds with ``PATCHES`` on and off, for stride, padding, dilation
+and groups; at ``eps = 0`` the Jacobian bounds equal the autograd Jacobian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lipbound
+from lipbound.engine import forward, patches
+from lipbound.engine.patches import Patches, linear_rows
+from lipbound.ops.conv import Conv2dLayer
+
+CONVS = [  # (C_in, C_out, k, stride, padding, dilation, groups, H)
+    (2, 4, 3, 1, 0, 1, 1, 7),
+    (2, 4, 3, 2, 1, 1, 1, 8),
+    (4, 6, 3, 2, 2, 2, 2, 9),
+    (3, 3, 2, 3, 1, 1, 3, 10),
+    (2, 2, 4, 1, 3, 1, 1, 5),
+]
+
+
+def _op(cfg, gen) -> Conv2dLayer:
+    ci, co, k, s, p, d, g, h = cfg
+    w = torch.randn(co, ci // g, k, k, generator=gen, dtype=torch.float64)
+    return Conv2dLayer(w, None, (ci, h, h), s, p, d, g)
+
+
+def _random_patches(shape, s_rows, window, gen, batch=2) -> Patches:
+    """Random windows, anchors partly outside the node; entries outside the node zeroed (the invariant)."""
+    c, h, w = shape
+    data = torch.randn(batch, s_rows, c, *window, generator=gen, dtype=torch.float64)
+    ay = torch.randint(-window[0] + 1, h, (s_rows,), generator=gen)
+    ax = torch.randint(-window[1] + 1, w, (s_rows,), generator=gen)
+    return Patches(data, torch.stack((ay, ax), 1), shape).masked()
+
+
+@pytest.mark.parametrize("matrix_bytes", [1 << 25, 0])  # window matrices, and conv2d on the windows
+@pytest.mark.parametrize("cfg", CONVS)
+def test_window_rules_equal_dense_convolutions(cfg, matrix_bytes, monkeypatch) -> None:
+    monkeypatch.setattr(patches, "MATRIX_BYTES", matrix_bytes)
+    gen = torch.Generator().manual_seed(3)
+    op = _op(cfg, gen)
+    # back through a forward conv: conv^T of windows on the conv's output
+    lam = _random_patches(op.out_shape, 6, (2, 3), gen)
+    got = lam.conv_transpose(op).to_dense()
+    want = op.apply_transpose(lam.to_dense())[0]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # back through the Jacobian rule g_w = conv^T g_v: conv of windows on the conv's input
+    lam = _random_patches(op.in_shape, 7, (3, 2), gen)
+    got = lam.conv(op).to_dense()
+    want = op.apply(lam.to_dense())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_gather_dense_and_linear_rows() -> None:
+    gen = torch.Generator().manual_seed(4)
+    shape = (3, 5, 6)
+    lam = _random_patches(shape, 9, (3, 4), gen)
+    dense = lam.to_dense()
+    t = torch.randn(2, 1, *shape, generator=gen, dtype=torch.float64)
+    # <lam, t> over the window equals the dense sum
+    got = (lam.data * lam.gather(t)).sum((2, 3, 4))
+    torch.testing.assert_close(got, (dense * t).sum((2, 3, 4)), rtol=1e-12, atol=1e-12)
+    w = torch.randn(4, 90, generator=gen, dtype=torch.float64)
+    flat = lam.reshaped(True)
+    torch.testing.assert_close(flat.to_dense(), dense.reshape(2, 9, 90))
+    torch.testing.assert_close(linear_rows(flat, w, chunk_bytes=1), dense.reshape(2, 9, 90) @ w.T)
+
+
+class _Net(nn.Module):
+    """conv -> ReLU -> conv -> conv (no activation between the last two) -> ReLU -> flatten -> linear -> ReLU ->
+    linear, with every conv option."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        ci, co, k, s, p, d, g, h = cfg
+        self.c1 = nn.Conv2d(ci, co, k, stride=s, padding=p, dilation=d, groups=g)
+        self.c2 = nn.Conv2d(co, co, 2, padding=1, groups=g)
+        self.c3 = nn.Conv2d(co, 2, 2, stride=1 + (s > 1))
+        with torch.no_grad():
+            n = self.c3(self.c2(self.c1(torch.zeros(1, ci, h, h)))).numel()
+        self.fc1, self.fc2 = nn.Linear(n, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c3(self.c2(torch.relu(self.c1(x)))))
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+def _both(fn):
+    old = forward.PATCHES
+    try:
+        forward.PATCHES = True
+        a = fn()
+        forward.PATCHES = False
+        b = fn()
+    finally:
+        forward.PATCHES = old
+    return a, b
+
+
+@pytest.mark.parametrize("cfg", CONVS)
+@pytest.mark.parametrize("optimize", [False, True])
+def test_bounds_equal_dense_path(cfg, optimize) -> None:
+    torch.manual_seed(sum(cfg))
+    model = _Net(cfg).double()
+    x0 = torch.rand(2, cfg[0], cfg[7], cfg[7], dtype=torch.float64)
+    kw = dict(lower=False, use_global=False, optimize=optimize, optimize_steps=3)
+    a, b = _both(lambda: lipbound.local_lipschitz(model, x0, 0.05, **kw).upper)
+    assert a.shape == (2, 3)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    (la, ua), (lb, ub) = _both(lambda: lipbound.jacobian_bounds(model, x0, 0.05))
+    torch.testing.assert_close(la, lb, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ua, ub, rtol=1e-9, atol=1e-12)
+
+
+def test_jacobian_bounds_at_a_point_equal_autograd() -> None:
+    cfg = CONVS[2]
+    torch.manual_seed(1)
+    model = _Net(cfg).double()
+    x0 = torch.rand(1, cfg[0], cfg[7], cfg[7], dtype=torch.float64)
+    lo, hi = lipbound.jacobian_bounds(model, x0, 0.0)
+    jac = torch.autograd.functional.jacobian(lambda x: model(x)[0], x0)[:, 0]  # (3, C, H, W)
+    torch.testing.assert_close(lo[0], jac, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(hi[0], jac, rtol=1e-8, atol=1e-10)
