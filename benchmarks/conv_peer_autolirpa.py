@@ -26,6 +26,12 @@ def build(arch: str) -> nn.Sequential:
             nn.Conv2d(1, 8, 4), nn.ReLU(), nn.Conv2d(8, 8, 4), nn.ReLU(), nn.Flatten(),
             nn.Linear(8 * 22 * 22, 100), nn.ReLU(), nn.Linear(100, 10),
         )  # fmt: skip
+    if arch == "cifar":
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 8 * 8, 100), nn.ReLU(),
+            nn.Linear(100, 10),
+        )  # fmt: skip
     raise ValueError(arch)
 
 
@@ -35,11 +41,12 @@ def main() -> None:
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
     torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)  # auto_LiRPA's Jacobian ops create tensors in the default dtype
     case = torch.load(sys.argv[1])
-    model = build(case["arch"]).double()
+    dtype = torch.float64 if case.get("dtype", "float32") == "float64" else torch.float32
+    torch.set_default_dtype(dtype)  # auto_LiRPA's Jacobian ops create tensors in the default dtype
+    model = build(case["arch"]).to(dtype)
     model.load_state_dict(case["state"])
-    x0 = case["x0"].double()
+    x0 = case["x0"].to(dtype)
 
     class Lip(nn.Module):
         def __init__(self, m: nn.Module) -> None:
@@ -50,18 +57,22 @@ def main() -> None:
             return self.grad_norm(JacobianOP.apply(self.model(x).matmul(mask), x))
 
     t0 = time.perf_counter()
-    mask = torch.zeros(10, 1, dtype=torch.float64)
+    mask = torch.zeros(10, 1, dtype=dtype)
     bm = BoundedModule(Lip(model), (BoundedTensor(x0), mask), device="cpu")
     x = BoundedTensor(x0, PerturbationLpNorm(norm=np.inf, eps=case["eps"]))
-    rows = []
-    for i in range(10):
+    rows, row_seconds = [], []
+    for i in case.get("rows", range(10)):
+        t1 = time.perf_counter()
         mask.zero_()
         mask[i, 0] = 1
         rows.append(float(bm.compute_jacobian_bounds((x, mask), bound_lower=False)[1].max()))
+        row_seconds.append(time.perf_counter() - t1)
     secs = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(sys.argv[2], "w") as f:
-        json.dump({"upper_max": max(rows), "rows": rows, "seconds": secs, "peak_mb": peak}, f)
+        json.dump(
+            {"upper_max": max(rows), "rows": rows, "row_seconds": row_seconds, "seconds": secs, "peak_mb": peak}, f
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lipbound
-from lipbound.engine import forward, patches
+from lipbound.engine import forward, memory, patches
 from lipbound.engine.patches import Patches, linear_rows
 from lipbound.ops.conv import Conv2dLayer
 
@@ -68,7 +68,8 @@ def test_gather_dense_and_linear_rows() -> None:
     w = torch.randn(4, 90, generator=gen, dtype=torch.float64)
     flat = lam.reshaped(True)
     torch.testing.assert_close(flat.to_dense(), dense.reshape(2, 9, 90))
-    torch.testing.assert_close(linear_rows(flat, w, chunk_bytes=1), dense.reshape(2, 9, 90) @ w.T)
+    for got in linear_rows([flat, flat], w, chunk_bytes=1) + linear_rows([flat], w):
+        torch.testing.assert_close(got, dense.reshape(2, 9, 90) @ w.T)
 
 
 class _Net(nn.Module):
@@ -126,3 +127,67 @@ def test_jacobian_bounds_at_a_point_equal_autograd() -> None:
     jac = torch.autograd.functional.jacobian(lambda x: model(x)[0], x0)[:, 0]  # (3, C, H, W)
     torch.testing.assert_close(lo[0], jac, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(hi[0], jac, rtol=1e-8, atol=1e-10)
+
+
+def test_memory_cap_forces_chunks_and_keeps_the_bound() -> None:
+    cfg = CONVS[1]
+    torch.manual_seed(2)
+    model = _Net(cfg).double()
+    x0 = torch.rand(2, cfg[0], cfg[7], cfg[7], dtype=torch.float64)
+    kw = dict(lower=False, use_global=False)
+    free = lipbound.local_lipschitz(model, x0, 0.05, **kw)
+    capped = lipbound.local_lipschitz(model, x0, 0.05, max_memory=20_000, **kw)
+    assert capped.details["chunks"] > 2 * free.details["chunks"]  # rows really were split
+    torch.testing.assert_close(capped.upper, free.upper, rtol=1e-12, atol=0)
+    roomy = lipbound.local_lipschitz(model, x0, 0.05, max_memory="1GB", **kw)
+    assert roomy.details["chunks"] <= 2 * free.details["chunks"]  # at most a probe chunk per node
+    torch.testing.assert_close(roomy.upper, free.upper, rtol=1e-12, atol=0)
+
+
+def test_memory_cap_bounds_measured_working_memory() -> None:
+    """The coefficient working set (largest live coefficients, as the probe measures it) stays under the cap."""
+    from lipbound.engine import crown
+
+    cfg = CONVS[0]
+    torch.manual_seed(5)
+    model = _Net(cfg).double()
+    x0 = torch.rand(1, cfg[0], cfg[7], cfg[7], dtype=torch.float64)
+    calls = []
+    orig = crown.backsubstitute
+
+    def spy(graph, target, lam, *a, **k):
+        out = orig(graph, target, lam, *a, **k)
+        calls.append((id(target), out[0].shape[1], k["stats"]["peak_elements"]))
+        return out
+
+    cap = 50_000
+    try:
+        forward.backsubstitute = spy
+        lipbound.local_lipschitz(model, x0, 0.05, lower=False, use_global=False, max_memory=cap)
+    finally:
+        forward.backsubstitute = orig
+    seen, checked = set(), 0
+    for target, rows, peak in calls:
+        if target in seen and rows > 1:  # after the probe chunk of each node: chunks sized to the cap
+            assert peak * 8 * memory.WORKING_FACTOR <= cap
+            checked += 1
+        seen.add(target)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("bad", ["lots", -1, 0, "2XB", True])
+def test_max_memory_rejects_bad_values(bad) -> None:
+    model = _Net(CONVS[0]).double()
+    with pytest.raises(lipbound.errors.InvalidInputError, match="max_memory"):
+        lipbound.local_lipschitz(model, torch.zeros(1, 2, 7, 7), 0.1, max_memory=bad, lower=False)
+
+
+def test_progress_reports_every_stage() -> None:
+    model = _Net(CONVS[0]).double()
+    seen = []
+    lipbound.local_lipschitz(
+        model, torch.rand(1, 2, 7, 7), 0.1, lower=False, progress=lambda *a: seen.append(a), use_global=False
+    )
+    stages = {s for s, _, _ in seen}
+    assert stages == {"forward", "jacobian"}
+    assert all(0 < d <= t for _, d, t in seen) and any(d == t for _, d, t in seen)

@@ -77,9 +77,25 @@ def _linear_step(op: LinearOp, lam):
                 if lam.flat and a == (n,) and b == lam.shape:
                     return (lam.reshaped(False),)
         if lam.flat and isinstance(inner, LinearLayer):
-            return (P.linear_rows(lam, inner.weight),)
+            return (P.linear_rows([lam], inner.weight)[0],)
         lam = lam.to_dense()
     return op.apply_transpose(lam)
+
+
+def _linear_pair(op: LinearOp, au, al):
+    """Both passes at once where they share work: windows on a flattened node into a Linear (the weight is read
+    at the windows once). None otherwise."""
+    from lipbound.engine.jacobian import TransposedLinear
+    from lipbound.ops.linear import LinearLayer
+
+    if not (isinstance(op, TransposedLinear) and isinstance(op.op, LinearLayer)):
+        return None
+    if not (isinstance(au, Patches) and isinstance(al, Patches) and au.flat and al.flat):
+        return None
+    if au.data.shape != al.data.shape or not torch.equal(au.anchor, al.anchor):
+        return None
+    tu, tl = P.linear_rows([au, al], op.op.weight)
+    return (tu,), (tl,)
 
 
 def _bias_term(op: LinearOp, lam, shape, acc) -> Tensor:
@@ -182,8 +198,9 @@ def backsubstitute(
             with torch.no_grad():
                 cv = node_error_factor(node, len(nodes), dtype)
                 tv = mags[key].unsqueeze(1)
-                err_u = err_u + cv * _abs_dot(au, tv, k)
-                err_l = err_l + cv * _abs_dot(al, tv, k)
+                if not isinstance(op, ElementwiseOp):  # relaxed nodes add T_v to their relaxation scale below
+                    err_u = err_u + cv * _abs_dot(au, tv, k)
+                    err_l = err_l + cv * _abs_dot(al, tv, k)
         if isinstance(op, InputOp):
             if linear is not None:
                 linear.update(A_l=P.dense(al), A_u=P.dense(au))
@@ -197,7 +214,9 @@ def backsubstitute(
         elif isinstance(op, LinearOp):
             const_u = const_u + _bias_term(op, au, node.shape, acc)
             const_l = const_l + _bias_term(op, al, node.shape, acc)
-            for inp, tu, tl in zip(node.inputs, _linear_step(op, au), _linear_step(op, al), strict=True):
+            pair = _linear_pair(op, au, al)
+            steps_u, steps_l = pair if pair is not None else (_linear_step(op, au), _linear_step(op, al))
+            for inp, tu, tl in zip(node.inputs, steps_u, steps_l, strict=True):
                 _acc(lam_u, id(inp), tu)
                 _acc(lam_l, id(inp), tl)
         elif isinstance(op, ElementwiseOp):
@@ -211,8 +230,8 @@ def backsubstitute(
             const_u, const_l = const_u + cu, const_l + cl
             if rigorous:
                 with torch.no_grad():  # rounding of the relaxation lines and of their use
-                    scale_u = _relaxation_scale(node, ru, mags)
-                    scale_l = scale_u if rl is ru else _relaxation_scale(node, rl, mags)
+                    scale_u = tv + _relaxation_scale(node, ru, mags)
+                    scale_l = scale_u if rl is ru else tv + _relaxation_scale(node, rl, mags)
                     err_u = err_u + cv * _abs_dot(au, scale_u, k)
                     err_l = err_l + cv * _abs_dot(al, scale_l, k)
             for inp, tu, tl in zip(node.inputs, outs_u, outs_l, strict=True):

@@ -20,7 +20,9 @@ from lipbound.errors import InvalidInputError
 
 #: live row-sized temporaries per coefficient element counted by ``peak_elements`` (measured: see
 #: benchmarks/results/conv.md, memory vs cap)
-WORKING_FACTOR = 6
+WORKING_FACTOR = 10
+#: default ``max_memory`` of :func:`lipbound.local_lipschitz` and :func:`lipbound.jacobian_bounds`
+DEFAULT_MAX_MEMORY = "1GB"
 #: rows of the probe chunk that measures the per-row cost
 PROBE_ROWS = 8
 

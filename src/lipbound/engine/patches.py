@@ -250,26 +250,30 @@ def _window_matrix(op, kind: str, window: tuple[int, int], phase: tuple[int, int
             y = F.pad(y, (0, op.stride[1] * qw, 0, op.stride[0] * qh))
             y = y[:, :, phase[0] :: op.stride[0], phase[1] :: op.stride[1]][:, :, :qh, :qw]
     m = y.reshape(y.shape[0], -1).contiguous()
-    if len(_MATRICES) > 64:
+    if sum(v[1].numel() * v[1].element_size() for v in _MATRICES.values()) > 4 * MATRIX_BYTES:
         _MATRICES.clear()
     _MATRICES[key] = (op.weight, m, tuple(y.shape[2:]))
     return m, tuple(y.shape[2:])
 
 
-def linear_rows(lam: Patches, weight: Tensor, chunk_bytes: int = 1 << 26) -> Tensor:
-    """``lam @ W^T`` for windows on a flattened conv-shaped node and a dense ``W`` ``(out, C*H*W)``: the weight
-    columns are read at every row's window (``(out, S, C, ph, pw)``, in chunks of rows), so the dense ``(B, S,
-    C*H*W)`` coefficients are never formed. Result ``(B, S, out)``."""
-    s = lam.data.shape[1]
-    w = weight.reshape(weight.shape[0], 1, *lam.shape)
-    per_row = weight.shape[0] * lam.data[0, 0].numel() * weight.element_size()
+def linear_rows(lams: list[Patches], weight: Tensor, chunk_bytes: int = 1 << 26) -> list[Tensor]:
+    """``lam @ W^T`` for windows on a flattened conv-shaped node and a dense ``W`` ``(out, C*H*W)``, for one or
+    more coefficient sets with the same windows: the weight columns are read at every row's window once
+    (``(out, S, C, ph, pw)``, in chunks of rows), so the dense ``(B, S, C*H*W)`` coefficients are never formed.
+    Results ``(B, S, out)``."""
+    ref = lams[0]
+    s = ref.data.shape[1]
+    w = weight.reshape(weight.shape[0], 1, *ref.shape)
+    per_row = weight.shape[0] * ref.data[0, 0].numel() * weight.element_size()
     step = max(1, chunk_bytes // max(per_row, 1))
-    outs = []
+    outs: list[list[Tensor]] = [[] for _ in lams]
     for i in range(0, s, step):
-        part = Patches(lam.data[:, i : i + step], lam.anchor[i : i + step], lam.shape)
-        wg = part.gather(w)  # (out, s_i, C, ph, pw)
-        outs.append(torch.einsum("bsk,osk->bso", part.data.flatten(2), wg.flatten(2)))
-    return torch.cat(outs, 1)
+        wg = Patches(ref.data[:1, i : i + step], ref.anchor[i : i + step], ref.shape).gather(w)
+        wg = wg.flatten(2).permute(1, 2, 0)  # (s_i, C*ph*pw, out)
+        for lam, out in zip(lams, outs, strict=True):
+            part = lam.data[:, i : i + step].flatten(2).transpose(0, 1)  # (s_i, B, C*ph*pw)
+            out.append(torch.bmm(part, wg).transpose(0, 1))
+    return [torch.cat(o, 1) for o in outs]
 
 
 def dense(lam: Tensor | Patches) -> Tensor:
