@@ -191,3 +191,16 @@ def test_progress_reports_every_stage() -> None:
     stages = {s for s, _, _ in seen}
     assert stages == {"forward", "jacobian"}
     assert all(0 < d <= t for _, d, t in seen) and any(d == t for _, d, t in seen)
+
+
+def test_model_dtype_float32_conv_bound_is_sound_and_close() -> None:
+    cfg = CONVS[2]
+    torch.manual_seed(7)
+    model = _Net(cfg).float()
+    x0 = torch.rand(1, cfg[0], cfg[7], cfg[7])
+    r32 = lipbound.local_lipschitz(model, x0, 0.05, dtype=None, use_global=False, lower_samples=16, lower_steps=5)
+    r64 = lipbound.local_lipschitz(model, x0, 0.05, use_global=False, lower=False)
+    assert r32.upper.dtype == torch.float32
+    assert (r32.upper >= r32.lower).all()
+    assert (r32.upper.double() >= r64.upper * (1 - 1e-6)).all()  # float32 pays its rounding bound, never less
+    torch.testing.assert_close(r32.upper.double(), r64.upper, rtol=1e-3, atol=1e-6)
