@@ -11,8 +11,8 @@ process's ``ru_maxrss``, time its wall clock (and CPU time) of the bound call, m
   environment ``/tmp/alvenv`` (:data:`PEER_PYTHON`; never a lipbound dependency): without it the peer column is
   skipped with a message. Its default dtype is float32; lipbound runs in its sound default float64.
 * CIFAR-size CNN (3x32x32, conv 16 (k4 s2) / 32 (k4 s2) / 32 (k3), Linear(2048,100), Linear(100,10)), seeded
-  random weights, eps 0.01, 10 rows, batches of 1, 2, 4 inputs, ``max_memory`` none / "1GB" (the default) /
-  "256MB".
+  random weights, eps 0.01, 10 rows, batches of 1, 2, 4 inputs, ``max_memory`` none / "1GB" / default
+  (``lipbound.engine.memory.DEFAULT_MAX_MEMORY``, 256 MB). The MNIST rows use the default.
 
 Usage: ``python benchmarks/conv_bench.py [--quick] [--peer-rows 0,1]`` or through ``benchmarks/run.py``.
 """
@@ -63,9 +63,8 @@ def _child(case_path: str, out_path: str, max_memory: str | None, rows: str | No
     if rows:
         c = torch.eye(10)[[int(r) for r in rows.split(",")]]
     t0, c0 = time.perf_counter(), time.process_time()
-    r = lipbound.local_lipschitz(
-        model, case["x0"], case["eps"], c=c, lower=False, use_global=False, max_memory=max_memory
-    )
+    kw = {} if max_memory == "default" else {"max_memory": max_memory}
+    r = lipbound.local_lipschitz(model, case["x0"], case["eps"], c=c, lower=False, use_global=False, **kw)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     up = r.upper.reshape(r.upper.shape[0], -1)
@@ -95,7 +94,9 @@ def _run(cmd: list[str], case: dict, timeout: float, env=None) -> dict[str, Any]
         return json.loads(op.read_text())
 
 
-def lipbound_run(case: dict, max_memory: str | None = "1GB", rows: str | None = None, timeout: float = 1800) -> dict:
+def lipbound_run(
+    case: dict, max_memory: str | None = "default", rows: str | None = None, timeout: float = 1800
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(max_memory or "none"), str(rows or "")]
     return _run(cmd, case, timeout, env)
@@ -136,7 +137,7 @@ def run(quick: bool = False, progress=None, peer_rows: list[int] | None = None) 
         out["mnist_peer"] = {"skipped": why}
     out["cifar"] = []
     for batch in (1,) if quick else (1, 2, 4):
-        for cap in (None, "1GB", "256MB"):
+        for cap in (None, "1GB", "default"):
             log(f"conv: CIFAR CNN, batch {batch}, max_memory={cap}")
             r = lipbound_run(_case("cifar", batch), max_memory=cap)
             out["cifar"].append({"batch": batch, "max_memory": cap or "none", **r})
@@ -207,7 +208,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         mm, rows, case, out = args.child
-        _child(case, out, None if mm == "none" else mm, rows or None)
+        _child(case, out, {"none": None}.get(mm, mm), rows or None)
         return
     rows = None if args.peer_rows is None else [int(r) for r in args.peer_rows.split(",")]
     res = run(args.quick, peer_rows=rows)

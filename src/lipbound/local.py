@@ -131,7 +131,7 @@ def local_lipschitz(
         max_memory: cap on the coefficient memory of one back-substitution, bytes or a string (``"2GB"``,
             ``"512MB"``): specification rows are bounded in chunks under it (same bound; the cost of a row is
             measured on a probe chunk, :mod:`lipbound.engine.memory`). ``details["chunks"]`` counts the
-            back-substitutions. Default 1 GiB (also faster on large conv nets than no cap: fewer huge
+            back-substitutions. Default 256 MiB (also faster on large conv nets than no cap: fewer huge
             short-lived tensors); ``None``: all rows of a node at once.
         progress: ``progress(stage, done, total)`` after every bounded node, ``stage`` in ``"forward"``
             (pre-activations), ``"jacobian"`` (Jacobian-graph nodes); for long conv-network calls.

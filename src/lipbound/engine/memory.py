@@ -22,7 +22,7 @@ from lipbound.errors import InvalidInputError
 #: benchmarks/results/conv.md, memory vs cap)
 WORKING_FACTOR = 10
 #: default ``max_memory`` of :func:`lipbound.local_lipschitz` and :func:`lipbound.jacobian_bounds`
-DEFAULT_MAX_MEMORY = "1GB"
+DEFAULT_MAX_MEMORY = "256MB"  # measured fastest on the CIFAR-size CNN (benchmarks/results/conv.md)
 #: rows of the probe chunk that measures the per-row cost
 PROBE_ROWS = 8
 
