@@ -186,7 +186,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
         "Peer notes: auto_LiRPA from its source repository (0.7.1) in its own venv with torch 2.13 (outside its"
         " declared torch < 2.9 range), its default float32, one `compute_jacobian_bounds` call per row as in its"
-        " example; most of its wall time is system time (page faults of multi-GB temporaries). Its row-0 bound is"
+        " example; in a separate timing of one row, more than half of its CPU time was system time"
+        " (page faults of multi-GB temporaries). Its row-0 bound is"
         " about 1% below lipbound's: not explained yet (lipbound's equals its own dense path and is certified"
         " with rounding; the peer's float32 bound is not rigorous).",
     ]
