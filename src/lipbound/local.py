@@ -18,6 +18,7 @@ the same engine -> dual-norm node -> upper bound; lower bound by sampling and gr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbound.engine.forward import bound_nodes, outward
+from lipbound.engine.memory import DEFAULT_MAX_MEMORY, parse_memory
 from lipbound.engine.pipeline import norm_upper, propagate
 from lipbound.engine.rounding import round_up
 from lipbound.errors import InvalidInputError
@@ -98,6 +100,8 @@ def local_lipschitz(
     use_global: bool = True,
     sdp_solver: str | None = None,
     sdp_time_budget: float | None = None,
+    max_memory: int | float | str | None = DEFAULT_MAX_MEMORY,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> LocalResult:
     """Certified upper and attained lower bounds on the local Lipschitz constant of ``model`` on a box.
 
@@ -124,6 +128,13 @@ def local_lipschitz(
         sdp_solver, sdp_time_budget: for ``method="lipsdp"``: "auto" (default; SCS polished by the first-order
             chain method on small LMIs, the first-order method alone on large ones), "first-order", "scs",
             "clarabel"; seconds per SDP.
+        max_memory: cap on the coefficient memory of one back-substitution, bytes or a string (``"2GB"``,
+            ``"512MB"``): specification rows are bounded in chunks under it (same bound; the cost of a row is
+            measured on a probe chunk, :mod:`lipbound.engine.memory`). ``details["chunks"]`` counts the
+            back-substitutions. Default 256 MiB (also faster on large conv nets than no cap: fewer huge
+            short-lived tensors); ``None``: all rows of a node at once.
+        progress: ``progress(stage, done, total)`` after every bounded node, ``stage`` in ``"forward"``
+            (pre-activations), ``"jacobian"`` (Jacobian-graph nodes); for long conv-network calls.
     """
     t0 = time.perf_counter()
     nrm = parse_norm(norm)
@@ -132,6 +143,7 @@ def local_lipschitz(
             raise InvalidInputError(f"method='lipsdp' bounds the l2 local constant only (got norm={norm!r})")
     else:
         check_method(method)
+    cap = parse_memory(max_memory)
     pr = make_problem(model, x0, eps, x_lower, x_upper, c, dtype, device)
     b, k = pr.c.shape[0], pr.c.shape[1]
     extra: dict[str, Any] = {}
@@ -139,13 +151,18 @@ def local_lipschitz(
         if method == "lipsdp":
             from lipbound.local_sdp import local_lipsdp
 
-            fwd = bound_nodes(pr.graph, pr.xl, pr.xu, "crown", optimize=optimize, steps=optimize_steps)
+            fwd = bound_nodes(pr.graph, pr.xl, pr.xu, "crown", optimize=optimize, steps=optimize_steps, max_memory=cap)
             sdp, infos = local_lipsdp(pr.graph, fwd, pr.c, sdp_solver, sdp_time_budget)
             upper = round_up(sdp.to(pr.xl.device), pr.dtype)
             extra["lipsdp"] = infos
             forward = fwd
         else:
-            pb = propagate(pr.graph, pr.xl, pr.xu, pr.c, method, optimize, optimize_steps)
+            stats: dict[str, int] = {}
+            pb = propagate(
+                pr.graph, pr.xl, pr.xu, pr.c, method, optimize, optimize_steps, max_memory=cap, progress=progress,
+                stats=stats,
+            )  # fmt: skip
+            extra["chunks"] = stats.get("chunks", 0)
             upper = norm_upper(pb.graph, pb.g_x, pb.backward, pb.box, nrm, method, optimize, optimize_steps)
             forward = pb.forward
         upper = upper.reshape(b, k)
@@ -214,18 +231,20 @@ def jacobian_bounds(
     x_lower: Tensor | None = None,
     x_upper: Tensor | None = None,
     dtype: torch.dtype | None = torch.float64,
+    max_memory: int | float | str | None = DEFAULT_MAX_MEMORY,
 ) -> tuple[Tensor, Tensor]:
     """Elementwise bounds ``lo <= d(c_k^T f)/dx (x) <= hi`` for every ``x`` in the box and every Clarke Jacobian.
 
     Returns ``(lo, hi)`` of shape ``(B, K, *input_shape)`` (``K = 1`` for a vector ``c`` or a scalar output;
     ``K = m`` rows of the Jacobian for ``c=None`` on an ``m``-output model). Monotonicity of ``c^T f`` in feature
-    ``j`` on the box is certified where ``lo[..., j] >= 0``.
+    ``j`` on the box is certified where ``lo[..., j] >= 0``. ``max_memory``: as in :func:`local_lipschitz`.
     """
     check_method(method)
+    cap = parse_memory(max_memory)
     pr = make_problem(model, x0, eps, x_lower, x_upper, c, dtype or torch.float64)
     b, k = pr.c.shape[0], pr.c.shape[1]
     with torch.no_grad():
-        pb = propagate(pr.graph, pr.xl, pr.xu, pr.c, method, optimize, 30)
+        pb = propagate(pr.graph, pr.xl, pr.xu, pr.c, method, optimize, 30, max_memory=cap)
     lo, hi = pb.backward[id(pb.g_x)]
     return lo.reshape(b, k, *pr.xl.shape[1:]), hi.reshape(b, k, *pr.xl.shape[1:])
 

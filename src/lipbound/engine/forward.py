@@ -23,8 +23,10 @@ import torch
 from torch import Tensor
 
 from lipbound.engine import rounding
-from lipbound.engine.crown import Alphas, backsubstitute, identity_spec
+from lipbound.engine.crown import Alphas, backsubstitute, identity_rows
+from lipbound.engine.memory import PROBE_ROWS, rows_per_chunk
 from lipbound.engine.optim import ProjectedAdam
+from lipbound.engine.patches import Patches
 from lipbound.engine.rounding import gamma, linear_magnitude
 from lipbound.graph.ir import Graph, Node
 from lipbound.ops.base import Bounds, ConstOp, ElementwiseOp, InputOp, LinearOp, kink_pieces
@@ -34,6 +36,8 @@ from lipbound.ops.relu import ReLU
 PIECEWISE_LINEAR = (ReLU, LeakyReLU)  # kept for callers; the engine reads ``traits().kink_at_zero`` instead
 #: alpha-optimisation of a target is skipped when batch x (rows to bound) x (size of its ancestors) exceeds this
 OPTIMIZE_BUDGET = 1 << 22
+#: back-substitute identity rows of conv-shaped nodes as windows (:mod:`lipbound.engine.patches`); False: dense
+PATCHES = True
 
 
 def rounding_margin(dtype: torch.dtype) -> float:
@@ -140,6 +144,9 @@ def bound_nodes(
     known: dict[int, Bounds] | None = None,
     phases: dict[int, Tensor] | None = None,
     linear: dict | None = None,
+    max_memory: int | None = None,
+    progress=None,
+    stats: dict | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node that feeds a relaxed op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
 
@@ -147,6 +154,9 @@ def bound_nodes(
     ``known``: bounds already computed for some nodes (kept, not recomputed). ``phases``: Branch-and-Bound
     splits per node (see :func:`apply_phases`), shape ``(B, *node.shape)``. ``linear``: if a dict, receives
     the CROWN bounds of each target as linear functions of the input (``{id(node): (rows, coefficients)}``).
+    ``max_memory``: bytes allowed for one back-substitution's coefficients; rows are chunked under it (same
+    bounds, :mod:`lipbound.engine.memory`). ``progress(done, total)`` is called after every target;
+    ``stats`` (a dict) receives ``chunks`` (back-substitution calls) and ``rows`` (rows bounded).
     """
     known = known or {}
     ibp = interval_bounds(graph, x_lower, x_upper, known, phases)
@@ -159,10 +169,14 @@ def bound_nodes(
         return {**fixed, **{id(t): ibp[id(t)] for t in targets}}
     if method != "crown":
         raise ValueError(f"unknown bound method {method!r}")
-    ctx = _Context(graph, targets, ibp, (x_lower, x_upper), fixed, {id(e) for e in extra}, phases or {}, linear)
-    if not optimize:
-        return ctx.run(None)[0]
-    return _optimized(ctx, steps, lr)
+    ctx = _Context(
+        graph, targets, ibp, (x_lower, x_upper), fixed, {id(e) for e in extra}, phases or {}, linear, max_memory,
+        progress,
+    )  # fmt: skip
+    out = ctx.run(None)[0] if not optimize else _optimized(ctx, steps, lr)
+    if stats is not None:
+        stats["chunks"] = stats.get("chunks", 0) + ctx.chunks
+    return out
 
 
 def forward_bounds(graph: Graph, x_lower: Tensor, x_upper: Tensor, method: str = "crown", optimize: bool = False):
@@ -174,8 +188,14 @@ def forward_bounds(graph: Graph, x_lower: Tensor, x_upper: Tensor, method: str =
 class _Context:
     """Everything one (sequential) CROWN pass over a graph needs."""
 
-    def __init__(self, graph, targets, ibp, box, fixed, extra_ids, phases, linear=None) -> None:
+    def __init__(
+        self, graph, targets, ibp, box, fixed, extra_ids, phases, linear=None, max_memory=None, progress=None
+    ) -> None:
         self.graph, self.targets, self.ibp, self.box = graph, targets, ibp, box
+        self.max_memory = max_memory  # bytes for one back-substitution's coefficients (None: no cap)
+        self.chunk_rows: dict[int, int] = {}  # rows per chunk of every target, measured by a probe chunk
+        self.chunks = 0  # back-substitution calls made (one per chunk)
+        self.progress = progress  # progress(done_targets, total_targets) after every target
         self.phases = phases
         self.linear = linear  # if a dict: receives {id(t): (rows, {A_l, c_l, A_u, c_u})} per target
         self.fixed, self.extra_ids = fixed, extra_ids
@@ -193,6 +213,36 @@ class _Context:
             mask = mask | (self.phases[id(t)] != 0)
         return mask.reshape(mask.shape[0], -1).any(0).nonzero().flatten()
 
+    def bound_rows(self, t: Node, idx: Tensor, bounds, per, cache, lin) -> Bounds:
+        """CROWN bounds of the elements ``idx`` of ``t``: identity rows (1x1 windows on conv-shaped nodes, see
+        :mod:`lipbound.engine.patches`), in chunks of rows under ``max_memory`` (:mod:`lipbound.engine.memory`)."""
+        batch = self.box[0].shape[0]
+        like = self.ibp[id(t)][0]
+        n = len(idx)
+        step = self.chunk_rows.get(id(t), n if self.max_memory is None else min(n, PROBE_ROWS))
+        los, ups, lins = [], [], []
+        i = 0
+        while i < n:
+            rows = idx[i : i + step]
+            if len(t.shape) == 3 and PATCHES:
+                lam = Patches.identity(t.shape, rows, batch, like)
+            else:
+                lam = identity_rows(t, rows, batch, like)
+            part = None if per is None else {k: (a[:, i : i + step], b[:, i : i + step]) for k, (a, b) in per.items()}
+            sub = {} if lin is not None else None
+            stats: dict[str, int] = {}
+            lo, up = backsubstitute(self.graph, t, lam, bounds, self.box, part, cache, linear=sub, stats=stats)
+            los.append(lo), ups.append(up), lins.append(sub)
+            self.chunks += 1
+            i += len(rows)
+            if self.max_memory is not None and id(t) not in self.chunk_rows:
+                step = rows_per_chunk(self.max_memory, stats["peak_elements"], len(rows), like.element_size())
+                self.chunk_rows[id(t)] = step
+        if lin is not None:
+            for key in lins[0]:
+                lin[key] = torch.cat([d[key] for d in lins], 1)
+        return torch.cat(los, 1), torch.cat(ups, 1)
+
     def run(
         self, alphas: dict[int, Alphas] | None, best: dict[int, Bounds] | None = None
     ) -> tuple[dict[int, Bounds], dict[int, Bounds]]:
@@ -207,10 +257,9 @@ class _Context:
             if idx.numel() == 0:
                 bounds[id(t)] = (il, iu)
                 continue
-            lam = identity_spec(t, batch, il)[:, idx]
             per = alphas.get(id(t)) if alphas else None
             lin = {} if self.linear is not None else None
-            lo, up = backsubstitute(self.graph, t, lam, bounds, self.box, per, cache, linear=lin)
+            lo, up = self.bound_rows(t, idx, bounds, per, cache, lin)
             if lin is not None:
                 self.linear[id(t)] = (idx, lin)
             lo, up = outward(lo, up)
@@ -223,6 +272,8 @@ class _Context:
                 bl, bu = best[id(t)]
                 lo, up = torch.maximum(lo, bl), torch.minimum(up, bu)
             bounds[id(t)] = apply_phases((lo, up), self.phases.get(id(t)))
+            if self.progress is not None:
+                self.progress(self.targets.index(t) + 1, len(self.targets))
         return bounds, raw
 
 

@@ -81,15 +81,31 @@ def propagate(
     steps: int,
     phases: dict[int, Tensor] | None = None,
     linear: dict | None = None,
+    max_memory: int | None = None,
+    progress=None,
+    stats: dict | None = None,
 ) -> Propagation:
     """Forward bounds, then the Jacobian graph for the directions ``c`` (B, K, *out) and its bounds.
 
     ``phases`` restricts the box to Branch-and-Bound domains (see :func:`lipbound.engine.forward.apply_phases`).
+    ``max_memory`` (bytes), ``progress(stage, done, total)`` (stage ``"forward"`` or ``"jacobian"``, counting
+    bounded nodes) and ``stats`` are passed to :func:`lipbound.engine.forward.bound_nodes`.
     """
-    fwd = bound_nodes(graph, xl, xu, "crown", optimize=optimize, steps=steps, phases=phases, linear=linear)
+
+    def report(stage: str):
+        return None if progress is None else (lambda done, total: progress(stage, done, total))
+
+    mem = dict(max_memory=max_memory, stats=stats)
+    fwd = bound_nodes(
+        graph, xl, xu, "crown", optimize=optimize, steps=steps, phases=phases, linear=linear,
+        progress=report("forward"), **mem,
+    )  # fmt: skip
     b, k = c.shape[0], c.shape[1]
     box = (xl.repeat_interleave(k, 0), xu.repeat_interleave(k, 0))
     known = {key: (l.repeat_interleave(k, 0), u.repeat_interleave(k, 0)) for key, (l, u) in fwd.items()}
     back, g_x = build_jacobian_graph(graph, c.reshape(b * k, *c.shape[2:]), relaxation=method, coupled=optimize)
-    bb = bound_nodes(back, *box, "crown", extra=[g_x], known=known, optimize=optimize, steps=steps)
+    bb = bound_nodes(
+        back, *box, "crown", extra=[g_x], known=known, optimize=optimize, steps=steps, progress=report("jacobian"),
+        **mem,
+    )  # fmt: skip
     return Propagation(fwd, back, g_x, bb, box)
