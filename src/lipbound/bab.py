@@ -263,7 +263,7 @@ def _attained(graph: Graph, lo: Tensor, hi: Tensor, c: Tensor, norm: str) -> tup
     """Exact gradient norms ``||grad c_i^T f||_*`` at the centres of the boxes ``[lo_i, hi_i]`` (N, *in), each
     moved off any kink within its box (:func:`lipbound.lower.differentiable_points`), for the directions ``c``
     (N, *out). Returns ``(values (N,), points (N, *in))``; points left on a kink get value ``-inf``."""
-    from lipbound.lower import differentiable_points, dual_norm, gradients
+    from lipbound.lower import _reevaluate_wide, differentiable_points, dual_norm, gradients
 
     vals = torch.full((lo.shape[0],), -float("inf"), dtype=lo.dtype, device=lo.device)
     if lo.shape[0] == 0:
@@ -272,6 +272,10 @@ def _attained(graph: Graph, lo: Tensor, hi: Tensor, c: Tensor, norm: str) -> tup
     if clean.any():
         g = gradients(graph, x[clean], c[clean])
         vals[clean] = dual_norm(g, norm)
+        if vals.dtype != torch.float64:  # a float32 gradient can be far off under cancellation: the float64 value,
+            # rounded down (0 where the float64 witness is on a kink); points stay where they are
+            wide = _reevaluate_wide(graph, vals[clean][:, None], x[clean][:, None], c[clean][:, None], norm)
+            vals[clean] = torch.where(wide[:, 0] > 0, wide[:, 0], torch.full_like(wide[:, 0], -float("inf")))
     return vals, x
 
 
