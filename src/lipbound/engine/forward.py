@@ -140,6 +140,7 @@ def bound_nodes(
     known: dict[int, Bounds] | None = None,
     phases: dict[int, Tensor] | None = None,
     linear: dict | None = None,
+    within: dict[int, Bounds] | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node that feeds a relaxed op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
 
@@ -147,9 +148,12 @@ def bound_nodes(
     ``known``: bounds already computed for some nodes (kept, not recomputed). ``phases``: Branch-and-Bound
     splits per node (see :func:`apply_phases`), shape ``(B, *node.shape)``. ``linear``: if a dict, receives
     the CROWN bounds of each target as linear functions of the input (``{id(node): (rows, coefficients)}``).
+    ``within``: bounds that hold on the region (e.g. a Branch-and-Bound parent domain's, valid on every child):
+    unlike ``known`` they are still recomputed, and the result is the intersection ``[max(l, l'), min(u, u')]``
+    (sound: both enclose the node's values on the region; used downstream, so later relaxations tighten too).
     """
     known = known or {}
-    ibp = interval_bounds(graph, x_lower, x_upper, known, phases)
+    ibp = interval_bounds(graph, x_lower, x_upper, {**(within or {}), **known}, phases)
     extra = extra or []
     cand = relaxed_inputs(graph) + [e for e in extra if all(e is not t for t in relaxed_inputs(graph))]
     order = {id(n): i for i, n in enumerate(graph.nodes)}

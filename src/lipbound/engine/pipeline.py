@@ -81,12 +81,17 @@ def propagate(
     steps: int,
     phases: dict[int, Tensor] | None = None,
     linear: dict | None = None,
+    within: dict | None = None,
 ) -> Propagation:
     """Forward bounds, then the Jacobian graph for the directions ``c`` (B, K, *out) and its bounds.
 
     ``phases`` restricts the box to Branch-and-Bound domains (see :func:`lipbound.engine.forward.apply_phases`).
+    ``within``: forward bounds already known to hold on the domains (a Branch-and-Bound parent's), intersected
+    with the computed ones (see :func:`lipbound.engine.forward.bound_nodes`).
     """
-    fwd = bound_nodes(graph, xl, xu, "crown", optimize=optimize, steps=steps, phases=phases, linear=linear)
+    fwd = bound_nodes(
+        graph, xl, xu, "crown", optimize=optimize, steps=steps, phases=phases, linear=linear, within=within
+    )
     b, k = c.shape[0], c.shape[1]
     box = (xl.repeat_interleave(k, 0), xu.repeat_interleave(k, 0))
     known = {key: (l.repeat_interleave(k, 0), u.repeat_interleave(k, 0)) for key, (l, u) in fwd.items()}
