@@ -110,3 +110,21 @@ def test_gamma_matches_higham() -> None:
     assert u == 2.0**-53
     assert gamma(10, torch.float64) == pytest.approx(2 * 10 * u / (1 - 10 * u), rel=1e-15)
     assert gamma(2**30, torch.float32) == float("inf")  # n u >= 1/2: no finite guarantee
+
+
+def test_round_up_and_down_are_directed_conversions() -> None:
+    """``round_up(x, float32)`` is the smallest float32 >= x (exactly, checked with Fractions), ``round_down`` the
+    largest <= x; a to-nearest conversion would be below x for about half of these values."""
+    from lipbound.engine.rounding import round_down, round_up
+
+    x = torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.randint(
+        -20, 20, (2000,), generator=torch.Generator().manual_seed(1)
+    )
+    up, down = round_up(x, torch.float32), round_down(x, torch.float32)
+    assert up.dtype == down.dtype == torch.float32
+    for xi, ui, di in zip(x.tolist(), up.tolist(), down.tolist(), strict=True):
+        fx = Fraction(xi)
+        assert Fraction(di) <= fx <= Fraction(ui)
+        below = torch.nextafter(torch.tensor(ui, dtype=torch.float32), torch.tensor(-float("inf"))).item()
+        above = torch.nextafter(torch.tensor(di, dtype=torch.float32), torch.tensor(float("inf"))).item()
+        assert (Fraction(below) < fx and Fraction(above) > fx) or ui == di == xi  # the nearest directed values

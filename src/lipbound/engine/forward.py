@@ -147,6 +147,7 @@ def bound_nodes(
     max_memory: int | None = None,
     progress=None,
     stats: dict | None = None,
+    within: dict[int, Bounds] | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node that feeds a relaxed op, and of ``extra`` nodes; ``{id(node): (l, u)}``.
 
@@ -157,9 +158,12 @@ def bound_nodes(
     ``max_memory``: bytes allowed for one back-substitution's coefficients; rows are chunked under it (same
     bounds, :mod:`lipbound.engine.memory`). ``progress(done, total)`` is called after every target;
     ``stats`` (a dict) receives ``chunks`` (back-substitution calls) and ``rows`` (rows bounded).
+    ``within``: bounds that hold on the region (e.g. a Branch-and-Bound parent domain's, valid on every child):
+    unlike ``known`` they are still recomputed, and the result is the intersection ``[max(l, l'), min(u, u')]``
+    (sound: both enclose the node's values on the region; used downstream, so later relaxations tighten too).
     """
     known = known or {}
-    ibp = interval_bounds(graph, x_lower, x_upper, known, phases)
+    ibp = interval_bounds(graph, x_lower, x_upper, {**(within or {}), **known}, phases)
     extra = extra or []
     cand = relaxed_inputs(graph) + [e for e in extra if all(e is not t for t in relaxed_inputs(graph))]
     order = {id(n): i for i, n in enumerate(graph.nodes)}

@@ -84,12 +84,15 @@ def propagate(
     max_memory: int | None = None,
     progress=None,
     stats: dict | None = None,
+    within: dict | None = None,
 ) -> Propagation:
     """Forward bounds, then the Jacobian graph for the directions ``c`` (B, K, *out) and its bounds.
 
     ``phases`` restricts the box to Branch-and-Bound domains (see :func:`lipbound.engine.forward.apply_phases`).
     ``max_memory`` (bytes), ``progress(stage, done, total)`` (stage ``"forward"`` or ``"jacobian"``, counting
     bounded nodes) and ``stats`` are passed to :func:`lipbound.engine.forward.bound_nodes`.
+    ``within``: forward bounds already known to hold on the domains (a Branch-and-Bound parent's), intersected
+    with the computed ones (see :func:`lipbound.engine.forward.bound_nodes`).
     """
 
     def report(stage: str):
@@ -98,7 +101,7 @@ def propagate(
     mem = dict(max_memory=max_memory, stats=stats)
     fwd = bound_nodes(
         graph, xl, xu, "crown", optimize=optimize, steps=steps, phases=phases, linear=linear,
-        progress=report("forward"), **mem,
+        progress=report("forward"), within=within, **mem,
     )  # fmt: skip
     b, k = c.shape[0], c.shape[1]
     box = (xl.repeat_interleave(k, 0), xu.repeat_interleave(k, 0))
