@@ -37,6 +37,16 @@ def test_lower_point_stays_inside_the_box(lip):
         pt = r.lower_point.reshape(1, -1)
         assert bool(((pt >= xl) & (pt <= xu)).all()), (norm, pt - xu)
         assert r.lower.item() > 0
+    # the maximiser is the corner x_upper (every ReLU active only within 1e-9 of the top of its side), which the
+    # vertex samples lo + (hi - lo) reach only up to rounding: they must be clamped into the box
+    corner = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+    with torch.no_grad():
+        corner[0].weight.copy_(torch.eye(3, dtype=torch.float64))
+        corner[0].bias.copy_(-(xu - 1e-9 * (xu - xl)).reshape(-1))
+        corner[2].weight.fill_(1.0)
+    r = lip.local_lipschitz(corner, x_lower=xl, x_upper=xu, norm="inf")
+    pt = r.lower_point.reshape(1, -1)
+    assert r.lower.item() == 3.0 and bool(((pt >= xl) & (pt <= xu)).all()), pt - xu
 
 
 def _cancelling_linear(big: float, seed: int) -> nn.Sequential:
