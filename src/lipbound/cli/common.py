@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,15 @@ class Norm(StrEnum):
     inf = "inf"
     l2 = "2"
     l1 = "1"
+
+
+#: options shared by the commands that load one model (the same flag, type and help everywhere)
+WeightsOption = Annotated[
+    Path | None, typer.Option("--weights", help="A state dict (.pt) loaded into a 'module:factory' model.")
+]
+InputShapeOption = Annotated[
+    str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8 (for factory models).")
+]
 
 
 class Method(StrEnum):

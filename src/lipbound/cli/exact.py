@@ -26,7 +26,9 @@ from rich.table import Table
 
 import lipbound
 from lipbound.cli.common import (
+    InputShapeOption,
     Norm,
+    WeightsOption,
     cli_errors,
     json_to_stdout,
     load_cli_model,
@@ -75,10 +77,8 @@ def exact_command(
             "certified.",
         ),
     ] = 60.0,
-    weights: Annotated[Path | None, typer.Option("--weights", help="State dict for a 'module:factory' model.")] = None,
-    input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8.")
-    ] = None,
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
     json_out: Annotated[
         Path | None,
         typer.Option(

@@ -25,8 +25,10 @@ from torch import Tensor
 import lipbound
 from lipbound.cli.common import (
     DType,
+    InputShapeOption,
     Method,
     Norm,
+    WeightsOption,
     as_list,
     gap,
     load_cli_model,
@@ -90,12 +92,8 @@ def local_command(
             "(all its directions share it; the bound stays certified at any time).",
         ),
     ] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="A state dict (.pt) loaded into a 'module:factory' model.")
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8 (for factory models).")
-    ] = None,
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
     json_out: Annotated[
         Path | None,
         typer.Option(

@@ -13,6 +13,8 @@ from rich.table import Table
 from torch import Tensor
 
 from lipbound.cli.common import (
+    InputShapeOption,
+    WeightsOption,
     load_cli_model,
     parse_direction,
     parse_shape,
@@ -39,10 +41,8 @@ def monotone_command(
     bisections: Annotated[
         int, typer.Option("--bisections", help="Split each box 2^N ways along its widest coordinates (tighter).")
     ] = 0,
-    weights: Annotated[Path | None, typer.Option("--weights", help="State dict for a 'module:factory' model.")] = None,
-    input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="Per-sample input shape, e.g. 1,8,8.")
-    ] = None,
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Also write the verdicts as JSON (atomically); '-' prints it on stdout."),
